@@ -1,0 +1,105 @@
+"""mithril_core: compose models once, compile them for NumPy, PyTorch, JAX, MLX or C.
+
+Importing this package imports no framework: backends load through the plugin registry
+on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mithril_core.dtypes import (
+    Dtype,
+    bfloat16,
+    bool_,
+    float16,
+    float32,
+    float64,
+    int8,
+    int16,
+    int32,
+    int64,
+    uint8,
+)
+from mithril_core.errors import (
+    MissingBackendError,
+    MithrilError,
+    PluginError,
+    ShapeError,
+)
+
+if TYPE_CHECKING:
+    from mithril_core.backends.base import Backend
+    from mithril_core.physical.physical_model import PhysicalModel
+
+__version__ = "0.1.0"
+
+_LAZY_BACKENDS = {
+    "NumpyBackend": "numpy",
+    "TorchBackend": "torch",
+    "JaxBackend": "jax",
+    "MlxBackend": "mlx",
+    "CBackend": "c",
+}
+
+
+def available_backends() -> list[str]:
+    """Names of the installed backends (``"numpy"`` always)."""
+    from mithril_core.plugins import get_registry
+
+    return sorted(get_registry().backends)
+
+
+def backend(name: str, **options: Any) -> Backend:
+    """Build the backend called ``name`` (``"numpy"``, ``"torch"`` ...) with ``options``
+    such as ``dtype=ml.float64`` or ``device="cuda"``."""
+    from mithril_core.plugins import get_registry
+
+    return get_registry().backend_class(name)(**options)
+
+
+def compile(model: Any, backend: Backend, **options: Any) -> PhysicalModel:  # noqa: A001
+    """Compile a logical model for ``backend``; see :func:`mithril_core.physical.model.compile`."""
+    from mithril_core.physical.model import compile as _compile
+
+    return _compile(model, backend, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_BACKENDS:
+        from mithril_core.plugins import get_registry
+
+        return get_registry().backend_class(_LAZY_BACKENDS[name])
+    if name == "models":
+        import mithril_core.models as models
+
+        return models
+    msg = f"module 'mithril_core' has no attribute {name!r}"
+    raise AttributeError(msg)
+
+
+__all__ = [
+    "CBackend",
+    "Dtype",
+    "JaxBackend",
+    "MissingBackendError",
+    "MithrilError",
+    "MlxBackend",
+    "NumpyBackend",
+    "PluginError",
+    "ShapeError",
+    "TorchBackend",
+    "available_backends",
+    "backend",
+    "bfloat16",
+    "bool_",
+    "compile",
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+]

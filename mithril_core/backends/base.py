@@ -1,0 +1,160 @@
+"""The interface every backend (builtin or plugin) implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mithril_core.dtypes import Dtype, as_dtype
+from mithril_core.errors import DtypeError
+
+Evaluator = Callable[
+    [Mapping[str, Any], Mapping[str, Any] | None],
+    tuple[dict[str, Any], dict[str, Any] | None],
+]
+
+
+@dataclass
+class Program:
+    """Generated code of one physical model, handed to :meth:`Backend.build_evaluator`.
+
+    ``forward(inputs) -> outputs`` maps every input key to its array and returns a dict of
+    output arrays. ``forward_backward(inputs, output_gradients) -> (outputs, gradients)``
+    exists only for backends without autograd (generated with the VJP rules).
+    ``grad_keys`` are the input keys that gradients are returned for.
+    """
+
+    forward: Callable[[Mapping[str, Any]], dict[str, Any]]
+    forward_backward: Callable[..., tuple[dict[str, Any], dict[str, Any]]] | None
+    input_keys: tuple[str, ...]
+    output_keys: tuple[str, ...]
+    grad_keys: tuple[str, ...]
+    differentiable_outputs: tuple[str, ...] = field(default_factory=tuple)
+    source: str = ""
+
+
+class Backend(ABC):
+    """A place to run compiled models: arrays, dtypes, devices and a lowering table.
+
+    Subclasses set ``name`` (the registry name, e.g. ``"torch"``), ``has_autograd`` and
+    ``supported_dtypes`` and implement the abstract methods. Shapes are given as ``*dims``
+    or one tuple.
+    """
+
+    name: ClassVar[str] = ""
+    has_autograd: ClassVar[bool] = False
+    supports_jit: ClassVar[bool] = False
+    supported_dtypes: ClassVar[frozenset[str]] = frozenset()
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+
+    def __init__(self, device: str = "cpu", dtype: Dtype | str = "float32") -> None:
+        self._dtype = self._check_dtype(dtype)
+        self._device = device
+
+    # -- properties -------------------------------------------------------------------
+    @property
+    def dtype(self) -> Dtype:
+        """Default float dtype of arrays this backend creates."""
+        return self._dtype
+
+    @property
+    def device(self) -> str:
+        """Device string, e.g. ``"cpu"`` or ``"cuda:0"``."""
+        return self._device
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(device={self.device!r}, dtype={self.dtype!r})"
+
+    def _check_dtype(self, dtype: Dtype | str | None) -> Dtype:
+        if dtype is None:
+            return self._dtype
+        resolved = as_dtype(dtype)
+        if resolved.name not in self.supported_dtypes:
+            msg = (
+                f"{type(self).__name__} does not support dtype {resolved.name!r}; "
+                f"supported: {', '.join(sorted(self.supported_dtypes))}."
+            )
+            raise DtypeError(msg)
+        return resolved
+
+    # -- array API ----------------------------------------------------------------------
+    @abstractmethod
+    def array(self, data: Any, dtype: Dtype | str | None = None) -> Any:
+        """Copy ``data`` (nested lists, NumPy or framework arrays) into a backend array.
+
+        Float data gets the backend dtype unless ``dtype`` is given; int and bool keep
+        their kind (ints become int64 where the framework has it).
+        """
+
+    @abstractmethod
+    def to_numpy(self, array: Any) -> np.ndarray:
+        """Return a NumPy copy (or view) of ``array``."""
+
+    @abstractmethod
+    def array_info(self, value: Any) -> tuple[tuple[int, ...], str] | None:
+        """Return ``(shape, dtype name)`` if ``value`` is an array of this backend, else
+        ``None``. Used to validate evaluate inputs."""
+
+    def zeros(self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None) -> Any:
+        """Array of zeros."""
+        return self.array(np.zeros(_shape(shape)), dtype=self._check_dtype(dtype))
+
+    def ones(self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None) -> Any:
+        """Array of ones."""
+        return self.array(np.ones(_shape(shape)), dtype=self._check_dtype(dtype))
+
+    def randn(self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None) -> Any:
+        """Standard-normal samples from the backend's seeded generator."""
+        values = self._rng().standard_normal(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype))
+
+    def rand(self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None) -> Any:
+        """Uniform [0, 1) samples from the backend's seeded generator."""
+        values = self._rng().random(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype))
+
+    def arange(
+        self,
+        start: float,
+        stop: float | None = None,
+        step: float = 1,
+        dtype: Dtype | str | None = None,
+    ) -> Any:
+        """Evenly spaced values as ``numpy.arange``; ints stay ints unless ``dtype``."""
+        values = np.arange(start, stop, step) if stop is not None else np.arange(start)
+        return self.array(values, dtype=None if dtype is None else self._check_dtype(dtype))
+
+    def seed(self, seed: int) -> None:
+        """Seed the generator behind ``randn`` and ``rand``."""
+        self._generator = np.random.Generator(np.random.Philox(seed))
+
+    def _rng(self) -> np.random.Generator:
+        # One counter-based generator for all backends: same seed, same numbers.
+        if not hasattr(self, "_generator"):
+            self.seed(0)
+        return self._generator
+
+    # -- compile-time API ---------------------------------------------------------------
+    @abstractmethod
+    def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
+        """Return ``evaluate(inputs, output_gradients) -> (outputs, gradients or None)``.
+
+        ``inputs`` maps every key of ``program.input_keys`` to an array. Backends with
+        autograd differentiate ``program.forward`` w.r.t. ``program.grad_keys`` with their
+        own VJP (and jit the whole function when ``jit``); others call
+        ``program.forward_backward``.
+        """
+
+    def scalar(self, value: Any, dtype_name: str) -> Any:
+        """Convert a folded compile-time constant array to a backend array."""
+        return self.array(np.asarray(value), dtype=dtype_name)
+
+
+def _shape(shape: tuple[int | tuple[int, ...], ...]) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], tuple | list):
+        return tuple(int(d) for d in shape[0])
+    return tuple(int(d) for d in shape)  # type: ignore[arg-type]

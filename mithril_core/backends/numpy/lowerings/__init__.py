@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mithril_core.backends.numpy.lowerings import (
+    elementwise,
+    linalg,
+    nn,
+    reduction,
+    shape,
+)
+from mithril_core.errors import PluginError
+
+Lowering = tuple[Callable[..., Any], Callable[..., tuple[Any, ...]]]
+
+
+def _merge(*tables: dict[str, Lowering]) -> dict[str, Lowering]:
+    merged: dict[str, Lowering] = {}
+    for table in tables:
+        for name, lowering in table.items():
+            if name in merged:
+                msg = (
+                    f"numpy backend: primitive {name!r} is lowered by two family "
+                    "tables in mithril_core.backends.numpy.lowerings; keep one."
+                )
+                raise PluginError(msg)
+            merged[name] = lowering
+    return merged
+
+
+LOWERINGS = _merge(
+    elementwise.LOWERINGS,
+    reduction.LOWERINGS,
+    shape.LOWERINGS,
+    linalg.LOWERINGS,
+    nn.LOWERINGS,
+)
+
+__all__ = ["LOWERINGS"]

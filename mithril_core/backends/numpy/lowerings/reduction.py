@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mithril_core.backends.numpy.lowerings._utils import (
+    Array,
+    Axis,
+    Grad,
+    Needs,
+    wants,
+)
+
+
+def _keep(grad: Array, axis: Axis, keepdim: bool) -> Array:
+    return grad if keepdim or axis is None else np.expand_dims(grad, axis)
+
+
+def _count(input: Array, axis: Axis) -> int:
+    if axis is None:
+        return input.size
+    axes = axis if isinstance(axis, tuple | list) else (axis,)
+    return math.prod(input.shape[a] for a in axes)
+
+
+def sum(input: Array, axis: Axis, keepdim: bool) -> Array:
+    return np.sum(input, axis=axis, keepdims=keepdim)
+
+
+def sum_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    axis: Axis,
+    keepdim: bool,
+    needs: Needs = None,
+) -> tuple[Grad, None, None]:
+    if not wants(needs, 0, input):
+        return None, None, None
+    return np.broadcast_to(_keep(output_grad, axis, keepdim), input.shape), None, None
+
+
+def mean(input: Array, axis: Axis, keepdim: bool) -> Array:
+    return np.mean(input, axis=axis, keepdims=keepdim)
+
+
+def mean_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    axis: Axis,
+    keepdim: bool,
+    needs: Needs = None,
+) -> tuple[Grad, None, None]:
+    if not wants(needs, 0, input):
+        return None, None, None
+    grad = _keep(output_grad, axis, keepdim) / _count(input, axis)
+    return np.broadcast_to(grad, input.shape), None, None
+
+
+def max(input: Array, axis: Axis, keepdim: bool) -> Array:
+    return np.max(input, axis=axis, keepdims=keepdim)
+
+
+def max_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    axis: Axis,
+    keepdim: bool,
+    needs: Needs = None,
+) -> tuple[Grad, None, None]:
+    return _extreme_vjp(output_grad, output, input, axis, keepdim, needs)
+
+
+def min(input: Array, axis: Axis, keepdim: bool) -> Array:
+    return np.min(input, axis=axis, keepdims=keepdim)
+
+
+def min_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    axis: Axis,
+    keepdim: bool,
+    needs: Needs = None,
+) -> tuple[Grad, None, None]:
+    return _extreme_vjp(output_grad, output, input, axis, keepdim, needs)
+
+
+def _extreme_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    axis: Axis,
+    keepdim: bool,
+    needs: Needs,
+) -> tuple[Grad, None, None]:
+    if not wants(needs, 0, input):
+        return None, None, None
+    hit = input == _keep(output, axis, keepdim)
+    ties = np.sum(hit, axis=axis, keepdims=True, dtype=output_grad.dtype)
+    return hit * (_keep(output_grad, axis, keepdim) / ties), None, None
+
+
+def variance(input: Array, axis: Axis, keepdim: bool, correction: float) -> Array:
+    return np.var(input, axis=axis, ddof=correction, keepdims=keepdim)
+
+
+def variance_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    axis: Axis,
+    keepdim: bool,
+    correction: float,
+    needs: Needs = None,
+) -> tuple[Grad, None, None, None]:
+    if not wants(needs, 0, input):
+        return None, None, None, None
+    centered = input - np.mean(input, axis=axis, keepdims=True)
+    scale = 2.0 / (_count(input, axis) - correction)
+    return centered * (_keep(output_grad, axis, keepdim) * scale), None, None, None
+
+
+def arg_max(input: Array, axis: int | None, keepdim: bool) -> Array:
+    return np.argmax(input, axis=axis, keepdims=keepdim).astype(np.int64, copy=False)
+
+
+def arg_min(input: Array, axis: int | None, keepdim: bool) -> Array:
+    return np.argmin(input, axis=axis, keepdims=keepdim).astype(np.int64, copy=False)
+
+
+def arg_max_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    axis: int | None,
+    keepdim: bool,
+    needs: Needs = None,
+) -> tuple[None, None, None]:
+    return None, None, None
+
+
+arg_min_vjp = arg_max_vjp
+
+LOWERINGS = {
+    "sum": (sum, sum_vjp),
+    "mean": (mean, mean_vjp),
+    "max": (max, max_vjp),
+    "min": (min, min_vjp),
+    "variance": (variance, variance_vjp),
+    "arg_max": (arg_max, arg_max_vjp),
+    "arg_min": (arg_min, arg_min_vjp),
+}

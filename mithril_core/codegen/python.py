@@ -1,0 +1,270 @@
+"""Generate plain Python source for a flat graph: one line per primitive call.
+
+The forward function frees each intermediate after its last use. For backends without
+autograd, ``forward_backward`` adds a reverse sweep over the VJP rules that only
+materialises needed gradients, assigns the first contribution and adds further ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mithril_core.logical import types as ty
+from mithril_core.physical.flat import FlatGraph, Node, Value
+
+
+@dataclass
+class Generated:
+    source: str
+    namespace: dict[str, Any] = field(default_factory=dict)
+
+    def function(self, name: str, filename: str) -> Callable[..., Any]:
+        code = compile(self.source, filename, "exec")
+        exec(code, self.namespace)  # noqa: S102 - executing our own generated source
+        return self.namespace[name]
+
+
+def accumulate(left: Any, right: Any) -> Any:
+    """Sum gradients of list/tuple values element-wise (``None`` means zero)."""
+    if isinstance(left, list | tuple):
+        return [accumulate(a, b) for a, b in zip(left, right, strict=True)]
+    if left is None:
+        return right
+    if right is None:
+        return left
+    return left + right
+
+
+class _Names:
+    """Local variable names: valid identifiers that do not shadow a lowering."""
+
+    def __init__(self, reserved: set[str]) -> None:
+        self.reserved = set(reserved) | {"inputs", "output_gradients", "accumulate"}
+        self.by_value: dict[int, str] = {}
+        self.used: set[str] = set()
+
+    def __call__(self, value: Value, prefix: str = "") -> str:
+        key = id(value) if not prefix else hash((prefix, id(value)))
+        name = self.by_value.get(key)
+        if name is None:
+            base = prefix + value.name
+            if keyword.iskeyword(base) or base in self.reserved or base[0].isdigit():
+                base = f"{base}_"
+            name = base
+            index = 1
+            while name in self.used:
+                name = f"{base}_{index}"
+                index += 1
+            self.by_value[key] = name
+            self.used.add(name)
+        return name
+
+
+def _function_name(op: str) -> str:
+    return op.replace(".", "_")
+
+
+class PythonCodegen:
+    """Source for ``forward(inputs)`` and ``forward_backward(inputs, output_gradients)``."""
+
+    def __init__(
+        self,
+        graph: FlatGraph,
+        lowerings: Mapping[str, Any],
+        *,
+        with_vjp: bool,
+        convert_constant: Callable[[Any], Any],
+    ) -> None:
+        self.graph = graph
+        self.with_vjp = with_vjp
+        self.namespace: dict[str, Any] = {"accumulate": accumulate}
+        self.forwards: dict[str, Any] = {}
+        self.vjps: dict[str, Any] = {}
+        self.vjp_takes_needs: dict[str, bool] = {}
+        for node in graph.nodes:
+            entry = lowerings[node.op]
+            fname = _function_name(node.op)
+            if with_vjp:
+                forward, vjp = entry
+                self.namespace[fname] = forward
+                self.namespace[f"{fname}_vjp"] = vjp
+                if fname not in self.vjp_takes_needs:
+                    self.vjp_takes_needs[fname] = (
+                        "needs" in inspect.signature(vjp).parameters
+                    )
+            else:
+                self.namespace[fname] = entry
+        self.names = _Names(set(self.namespace))
+        self.convert_constant = convert_constant
+        self._constants: dict[int, str] = {}
+
+    # -- expressions -------------------------------------------------------------------
+    def expr(self, value: Value) -> str:
+        if not value.is_constant:
+            return self.names(value)
+        literal = _literal(value.constant)
+        if literal is not None:
+            return literal
+        name = self._constants.get(id(value))
+        if name is None:
+            name = f"const_{len(self._constants)}_{value.name}"
+            self._constants[id(value)] = name
+            self.namespace[name] = self.convert_constant(value.constant)
+        return name
+
+    def call(self, node: Node) -> str:
+        args = ", ".join(self.expr(v) for v in node.inputs)
+        return f"{self.names(node.output)} = {_function_name(node.op)}({args})"
+
+    # -- forward -----------------------------------------------------------------------
+    def forward_lines(self, keep: set[int]) -> list[str]:
+        """Forward body; values in ``keep`` are never freed."""
+        graph = self.graph
+        lines = [f"{self.names(v)} = inputs[{k!r}]" for k, v in graph.inputs.items()]
+        last_use: dict[int, int] = {}
+        for i, node in enumerate(graph.nodes):
+            for v in node.inputs:
+                last_use[id(v)] = i
+        outputs = {id(v) for v in graph.outputs.values()}
+        values = {id(v): v for n in graph.nodes for v in n.inputs}
+        frees: dict[int, list[Value]] = {}
+        for vid, index in last_use.items():
+            value = values[vid]
+            if vid in outputs or vid in keep or value.is_constant:
+                continue
+            frees.setdefault(index, []).append(value)
+        for i, node in enumerate(graph.nodes):
+            lines.append(self.call(node))
+            dead = frees.get(i)
+            if dead:
+                lines.append("del " + ", ".join(self.names(v) for v in dead))
+        return lines
+
+    def outputs_dict(self) -> str:
+        items = ", ".join(f"{k!r}: {self.expr(v)}" for k, v in self.graph.outputs.items())
+        return "{" + items + "}"
+
+    def forward_source(self) -> str:
+        body = self.forward_lines(keep=set())
+        body.append(f"return {self.outputs_dict()}")
+        return "def forward(inputs):\n" + "\n".join("    " + line for line in body) + "\n"
+
+    # -- forward + backward ------------------------------------------------------------
+    def backward_source(
+        self, grad_keys: tuple[str, ...], seeded: tuple[str, ...], name: str
+    ) -> str:
+        graph = self.graph
+        grad_ids = {id(graph.inputs[k]) for k in grad_keys}
+        requires: set[int] = set(grad_ids)
+        for node in graph.nodes:
+            if any(id(v) in requires for v in node.inputs) and _is_float(node.output):
+                requires.add(id(node.output))
+        # Backward reachability: only nodes between grad keys and seeded outputs.
+        reaching = {id(graph.outputs[k]) for k in seeded}
+        active: list[Node] = []
+        for node in reversed(graph.nodes):
+            if id(node.output) in reaching and id(node.output) in requires:
+                active.append(node)
+                reaching.update(id(v) for v in node.inputs if id(v) in requires)
+        keep = {id(v) for n in active for v in (*n.inputs, n.output)}
+        lines = self.forward_lines(keep=keep)
+        grad_name: dict[int, str] = {}
+        for key in seeded:
+            value = graph.outputs[key]
+            if id(value) not in requires:
+                continue
+            gname = self.names(value, "g_")
+            if id(value) in grad_name:
+                lines.append(
+                    f"{grad_name[id(value)]} = {grad_name[id(value)]} + "
+                    f"output_gradients[{key!r}]"
+                )
+            else:
+                lines.append(f"{gname} = output_gradients[{key!r}]")
+                grad_name[id(value)] = gname
+        # Last backward use of each forward value, to free it early.
+        last_use: dict[int, int] = {}
+        for i, node in enumerate(active):
+            for v in (*node.inputs, node.output):
+                last_use[id(v)] = i
+        outputs = {id(v) for v in graph.outputs.values()}
+        for i, node in enumerate(active):
+            out_grad = grad_name.get(id(node.output))
+            if out_grad is None:
+                continue
+            fname = _function_name(node.op)
+            needs = tuple(id(v) in requires and not v.is_constant for v in node.inputs)
+            args = [out_grad, self.expr(node.output), *(self.expr(v) for v in node.inputs)]
+            if self.vjp_takes_needs[fname]:
+                args.append(f"needs={needs!r}")
+            targets = [
+                (j, v) for j, v in enumerate(node.inputs) if needs[j]
+            ]
+            result = f"_vjp_{i}"
+            lines.append(f"{result} = {fname}_vjp({', '.join(args)})")
+            for j, v in targets:
+                existing = grad_name.get(id(v))
+                if existing is None:
+                    gname = self.names(v, "g_")
+                    lines.append(f"{gname} = {result}[{j}]")
+                    grad_name[id(v)] = gname
+                elif _is_sequence(v):
+                    lines.append(f"{existing} = accumulate({existing}, {result}[{j}])")
+                else:
+                    lines.append(f"{existing} = {existing} + {result}[{j}]")
+            dead = [result, out_grad]
+            dead += [
+                self.names(v)
+                for v in (*node.inputs, node.output)
+                if last_use.get(id(v)) == i
+                and not v.is_constant
+                and id(v) not in outputs
+                and id(v) not in grad_ids
+            ]
+            lines.append("del " + ", ".join(dict.fromkeys(dead)))
+            del grad_name[id(node.output)]
+        grads = []
+        for key in grad_keys:
+            value = graph.inputs[key]
+            gname = grad_name.get(id(value))
+            grads.append(f"{key!r}: {gname if gname else 'None'}")
+        lines.append(f"return {self.outputs_dict()}, {{{', '.join(grads)}}}")
+        header = f"def {name}(inputs, output_gradients):\n"
+        return header + "\n".join("    " + line for line in lines) + "\n"
+
+
+def _is_float(value: Value) -> bool:
+    return bool(value.types & {ty.TENSOR_FLOAT, ty.FLOAT, ty.LIST, ty.TUPLE})
+
+
+def _is_sequence(value: Value) -> bool:
+    return bool(value.types & {ty.LIST, ty.TUPLE}) and not value.types & ty.TENSORS
+
+
+def _literal(value: Any) -> str | None:
+    if value is None or isinstance(value, bool | int | str) or value is Ellipsis:
+        return repr(value)
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return repr(value)
+        return f"float({str(value)!r})"
+    if isinstance(value, slice):
+        parts = [_literal(p) for p in (value.start, value.stop, value.step)]
+        return None if None in parts else f"slice({', '.join(parts)})"  # type: ignore[arg-type]
+    if isinstance(value, tuple | list):
+        parts = [_literal(v) for v in value]
+        if None in parts:
+            return None
+        if isinstance(value, list):
+            return "[" + ", ".join(parts) + "]"  # type: ignore[arg-type]
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"  # type: ignore[arg-type]
+    if isinstance(value, np.generic):
+        return _literal(value.item())
+    return None

@@ -1,0 +1,53 @@
+"""Exceptions raised by mithril_core; each also subclasses the builtin it means."""
+
+from __future__ import annotations
+
+
+class MithrilError(Exception):
+    """Base class of every error mithril_core raises on purpose."""
+
+
+class ShapeError(MithrilError, ValueError):
+    """Two shapes that must agree do not, or a shape is needed but unknown."""
+
+
+class MithrilTypeError(MithrilError, TypeError):
+    """A value's type (tensor dtype kind or Python type) contradicts what is required."""
+
+
+class ConnectionError_(MithrilError, ValueError):  # noqa: N801 - avoid builtin name clash
+    """A model is connected in a way that cannot work (two producers, unknown key...)."""
+
+
+class KeyError_(MithrilError, KeyError):  # noqa: N801 - avoid builtin name clash
+    """A key given to compile/evaluate is missing or unexpected."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; we want the message as written.
+        return str(self.args[0]) if self.args else ""
+
+
+class DtypeError(MithrilError, TypeError):
+    """An array has a dtype other than the one the compiled model expects."""
+
+
+class PluginError(MithrilError, ImportError):
+    """A plugin could not be loaded, or two plugins provide the same name."""
+
+
+class MissingBackendError(PluginError):
+    """The requested backend is not installed."""
+
+
+class MissingLoweringError(MithrilError, NotImplementedError):
+    """A primitive has no lowering for the chosen backend."""
+
+
+class CompileError(MithrilError, RuntimeError):
+    """Compilation failed for a reason other than shapes or types."""
+
+
+MSG_INSTALL_BACKEND = (
+    "Backend {name!r} is not installed. Install it with `pip install mithril-{name}` "
+    "(installed backends: {installed})."
+)

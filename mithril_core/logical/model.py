@@ -1,0 +1,580 @@
+"""Logical models: primitives, composite models, operators and how they are connected."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mithril_core.errors import ConnectionError_, MithrilError, ShapeError
+from mithril_core.logical import shapes as sh
+from mithril_core.logical import types as ty
+from mithril_core.logical.connection import (
+    NOVALUE,
+    Connection,
+    IOKey,
+    merge,
+    user_source_line,
+)
+
+RuleFn = Callable[[sh.Rule], bool]
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+
+
+def snake_case(name: str) -> str:
+    return _CAMEL.sub("_", name).lower()
+
+
+class BaseModel:
+    """Common part of primitives and composite models."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name
+        self._parent: Model | None = None
+        self._child_name: str | None = None
+        self._pending: dict[str, Any] | None = None
+        self._implicit: dict[str, Connection] = {}
+
+    # -- tree --------------------------------------------------------------------------
+    def path(self) -> str:
+        parts: list[str] = []
+        node: BaseModel | None = self
+        while node is not None:
+            if node._parent is None:
+                parts.append(node.name or snake_case(type(node).__name__))
+            else:
+                parts.append(node._child_name or "?")
+            node = node._parent
+        return ".".join(reversed(parts))
+
+    def depth(self) -> int:
+        depth, node = 0, self._parent
+        while node is not None:
+            depth, node = depth + 1, node._parent
+        return depth
+
+    def root_model(self) -> BaseModel:
+        node: BaseModel = self
+        while node._parent is not None:
+            node = node._parent
+        return node
+
+    def _ensure_built(self) -> None:
+        """Operators build their inner model lazily; others are always built."""
+
+    # -- terminals (overridden) --------------------------------------------------------
+    def terminal(self, name: str) -> Connection:
+        raise NotImplementedError
+
+    def terminal_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def input_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def cin(self) -> Connection:
+        """Canonical input connection (used by ``+=``)."""
+        raise NotImplementedError
+
+    @property
+    def cout(self) -> Connection:
+        """Canonical output connection (used by ``+=``)."""
+        raise NotImplementedError
+
+    def cin_name(self) -> str | None:
+        return None
+
+    # -- calling -----------------------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Connection:
+        """Bind terminals (positionally in input order, or by name) and return the output.
+
+        The model is added to a parent by ``parent |= model(...)``, ``parent += ...``, or
+        when a connection that depends on its output is added (functional style).
+        """
+        self._ensure_built()
+        if self._parent is not None:
+            msg = f"{self.path()} is already part of a model; create a new instance."
+            raise ConnectionError_(msg)
+        bindings: dict[str, Any] = {}
+        if args:
+            names = self.input_names()
+            if len(args) > len(names):
+                msg = (
+                    f"{self.path()}: {len(args)} positional connections given, but its "
+                    f"inputs are {names}."
+                )
+                raise ConnectionError_(msg)
+            bindings.update(zip(names, args, strict=False))
+        for key, value in kwargs.items():
+            if key in bindings:
+                msg = f"{self.path()}: terminal {key!r} given twice."
+                raise ConnectionError_(msg)
+            bindings[key] = value
+        for key in bindings:
+            if key not in self.terminal_names():
+                msg = (
+                    f"{self.path()}: has no terminal {key!r}; its terminals are "
+                    f"{self.terminal_names()}."
+                )
+                raise ConnectionError_(msg)
+        self._pending = bindings
+        self._pending_source = user_source_line()
+        return self.cout
+
+    def connect(self, *args: Any, **kwargs: Any) -> Connection:
+        """Same as calling the model."""
+        return self(*args, **kwargs)
+
+    def summary(self) -> str:
+        from mithril_core.logical.summary import logical_summary
+
+        text = logical_summary(self)
+        print(text)
+        return text
+
+
+class Primitive(BaseModel):
+    """A model with no children: one operation with a lowering on every backend.
+
+    Subclasses set ``op_name`` and call ``super().__init__(name=..., **terminals)`` with an
+    :class:`IOKey` template (or a constant, or a connection) per terminal; ``output`` is
+    the output, the others are inputs in the order given. ``rules`` holds shape/type rule
+    functions for relations a template cannot express.
+    """
+
+    op_name: ClassVar[str] = ""
+    rules: ClassVar[tuple[RuleFn, ...]] = ()
+    output_name: ClassVar[str] = "output"
+
+    def __init__(self, name: str | None = None, **terminals: Any) -> None:
+        super().__init__(name=name)
+        if "output" not in terminals:
+            msg = f"{type(self).__name__}: a primitive declares an 'output' terminal."
+            raise MithrilError(msg)
+        symbols: dict[str, sh.Item] = {}
+        self._terminals: dict[str, Connection] = {}
+        self._inputs: list[str] = [t for t in terminals if t != "output"]
+        self.attributes: dict[str, Any] = {}
+        for tname, spec in terminals.items():
+            conn = Connection(model=self)
+            conn.names.append((self, tname))
+            self._terminals[tname] = conn
+            if isinstance(spec, IOKey):
+                if spec.shape_template is not None:
+                    conn.shape_node = sh.template(spec.shape_template, symbols)
+                conn.types = spec.types
+                conn.differentiable = spec.differentiable
+                if spec.value is not NOVALUE:
+                    conn.set_value(spec.value)
+            elif isinstance(spec, Connection):
+                self._implicit[tname] = spec
+            else:
+                self.attributes[tname] = spec
+                try:
+                    conn.set_value(_normalize_constant(spec))
+                except sh.ShapeConflict as exc:
+                    msg = f"{type(self).__name__}: {tname}={spec!r}: {exc}"
+                    raise ShapeError(msg) from exc
+        self._terminals["output"].producer = self
+        for fn in self.rules:
+            sh.schedule(sh.Rule(fn, self._terminals, self))
+        solve()
+
+    def terminal(self, name: str) -> Connection:
+        try:
+            return self._terminals[name]
+        except KeyError:
+            msg = (
+                f"{self.path()}: has no terminal {name!r}; its terminals are "
+                f"{list(self._terminals)}."
+            )
+            raise ConnectionError_(msg) from None
+
+    def terminal_names(self) -> list[str]:
+        return list(self._terminals)
+
+    def input_names(self) -> list[str]:
+        return self._inputs
+
+    @property
+    def cin(self) -> Connection:
+        return self._terminals[self._inputs[0]]
+
+    @property
+    def cout(self) -> Connection:
+        return self._terminals["output"]
+
+    def cin_name(self) -> str | None:
+        return self._inputs[0] if self._inputs else None
+
+    def __getattr__(self, name: str) -> Connection:
+        terminals = self.__dict__.get("_terminals")
+        if terminals is not None and name in terminals:
+            return terminals[name]
+        msg = f"{type(self).__name__!r} object has no attribute {name!r}"
+        raise AttributeError(msg)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path()}>"
+
+
+def _normalize_constant(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic) and not isinstance(value, np.ndarray):
+        return value.item()
+    if hasattr(value, "name") and hasattr(value, "kind"):  # Dtype
+        return value.name
+    if isinstance(value, list) and not any(isinstance(v, Connection) for v in value):
+        return tuple(value) if all(isinstance(v, int) for v in value) else value
+    return value
+
+
+class Model(BaseModel):
+    """A composite model: children connected by named or anonymous connections.
+
+    ``model |= child(...)`` adds ``child`` with explicit bindings; ``model += child(...)``
+    also binds the child's canonical input to this model's canonical output.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self._children: list[BaseModel] = []
+        self._conns: dict[str, Connection] = {}
+        self._exposed: dict[str, Connection] = {}
+        self._class_counts: dict[str, int] = {}
+        self._cin: Connection | None = None
+        self._cout: Connection | None = None
+
+    # -- composition -------------------------------------------------------------------
+    def __ior__(self, other: BaseModel | Connection) -> Model:
+        self._extend(other, chain=False)
+        return self
+
+    def __iadd__(self, other: BaseModel | Connection) -> Model:
+        self._extend(other, chain=True)
+        return self
+
+    def _extend(self, other: BaseModel | Connection, *, chain: bool) -> None:
+        self._ensure_built()
+        if isinstance(other, Connection):
+            owner = _pending_owner(other)
+            if owner is None:
+                msg = (
+                    f"{self.path()}: {other.display_name()} is not the result of a call; "
+                    "add a model or the result of calling one."
+                )
+                raise ConnectionError_(msg)
+            other = owner
+        if not isinstance(other, BaseModel):
+            msg = f"{self.path()}: cannot add {other!r}; add a model or a call result."
+            raise TypeError(msg)
+        self._add(other, other._pending or {}, chain=chain)
+
+    def _add(self, child: BaseModel, bindings: dict[str, Any], *, chain: bool) -> None:
+        child._ensure_built()
+        if child._parent is not None:
+            msg = f"{child.path()} is already part of a model; create a new instance."
+            raise ConnectionError_(msg)
+        if child is self or _is_ancestor(child, self):
+            msg = f"{self.path()}: cannot add a model to itself."
+            raise ConnectionError_(msg)
+        source = getattr(child, "_pending_source", None) or user_source_line()
+        all_bindings: dict[str, Any] = dict(child._implicit)
+        all_bindings.update(bindings)
+        cin_name = child.cin_name()
+        if chain and self._cout is not None and cin_name is not None:
+            all_bindings.setdefault(cin_name, self._cout)
+        # Resolve targets first: pulling in pending calls they depend on keeps the
+        # children list in dependency order.
+        targets = {t: self._resolve(v, t, child) for t, v in all_bindings.items()}
+        child._parent = self
+        child._child_name = self._child_name_for(child)
+        child._pending = None
+        try:
+            for term, target in targets.items():
+                child_conn = child.terminal(term)
+                child_conn.find().sources.append(source)
+                merge(child_conn, target, f"{child.path()}.{term}")
+            solve()
+        except Exception:
+            child._parent = None
+            raise
+        self._children.append(child)
+        self._update_canonical(child, chain)
+
+    def _child_name_for(self, child: BaseModel) -> str:
+        taken = {c._child_name for c in self._children}
+        if child.name is not None:
+            if child.name in taken:
+                msg = f"{self.path()}: a child named {child.name!r} already exists."
+                raise ConnectionError_(msg)
+            return child.name
+        base = snake_case(type(child).__name__)
+        index = self._class_counts.get(base, 0)
+        while f"{base}_{index}" in taken:
+            index += 1
+        self._class_counts[base] = index + 1
+        return f"{base}_{index}"
+
+    def _update_canonical(self, child: BaseModel, chain: bool) -> None:
+        child_cout = child.cout
+        if self._cin is None and child.cin_name() is not None:
+            self._cin = child.cin
+        if self._cout is None or chain:
+            self._cout = child_cout
+            return
+        current = self._cout.find()
+        if any(child.terminal(n).find() is current for n in child.input_names()):
+            self._cout = child_cout
+
+    def _resolve(self, value: Any, term: str, child: BaseModel) -> Connection:
+        if isinstance(value, IOKey) and value.model is None:
+            return self._register_iokey(value)
+        if isinstance(value, Connection):
+            return self._adopt(value)
+        if isinstance(value, str):
+            return self._named(value)
+        if isinstance(value, list | tuple) and _has_connection(value):
+            from mithril_core.primitives import ToList, ToTuple
+
+            elements = [
+                self._resolve(v, term, child) if isinstance(v, str | Connection) else v
+                for v in value
+            ]
+            maker = ToList if isinstance(value, list) else ToTuple
+            return self._adopt(maker(len(elements))(*elements))
+        conn = Connection(model=self)
+        try:
+            conn.set_value(_normalize_constant(value))
+        except (sh.ShapeConflict, TypeError) as exc:
+            msg = f"{self.path()}: cannot bind {term}={value!r}: {exc}"
+            raise ConnectionError_(msg) from exc
+        return conn
+
+    def _named(self, name: str) -> Connection:
+        conn = self._conns.get(name)
+        if conn is None:
+            conn = Connection(model=self)
+            conn.names.append((self, name))
+            self._conns[name] = conn
+        return conn
+
+    def _register_iokey(self, key: IOKey) -> Connection:
+        key.model = self
+        name = key.key_name
+        if name is None:
+            if key.expose:
+                self._exposed[f"__unnamed_{len(self._exposed)}"] = key
+            return key
+        existing = self._conns.get(name)
+        if existing is None:
+            key.names.append((self, name))
+            self._conns[name] = key
+            target: Connection = key
+        else:
+            target = merge(key, existing, f"{self.path()}.{name}")
+        if key.expose is not False:
+            self._exposed[name] = self._conns[name]
+        return target
+
+    def _adopt(self, conn: Connection) -> Connection:
+        if conn.model is None:
+            if isinstance(conn, IOKey):
+                return self._register_iokey(conn)
+            msg = f"{self.path()}: connection {conn!r} belongs to no model."
+            raise ConnectionError_(msg)
+        top = conn.model.root_model()
+        if top is not self.root_model():
+            if top._pending is None:
+                msg = (
+                    f"{self.path()}: {conn.display_name()} belongs to model "
+                    f"{top.path()}, which is not part of {self.path()}. Call that model "
+                    "(or add it) before using its connections."
+                )
+                raise ConnectionError_(msg)
+            self._add(top, top._pending, chain=False)
+        elif not _is_ancestor(self, conn.model) and conn.model is not self:
+            msg = (
+                f"{self.path()}: {conn.display_name()} belongs to "
+                f"{conn.model.path()}, outside {self.path()}."
+            )
+            raise ConnectionError_(msg)
+        return conn
+
+    # -- terminals ---------------------------------------------------------------------
+    def terminal(self, name: str) -> Connection:
+        conn = self._conns.get(name)
+        if conn is None:
+            msg = (
+                f"{self.path()}: has no connection {name!r}; its connections are "
+                f"{list(self._conns)}."
+            )
+            raise ConnectionError_(msg)
+        return conn
+
+    def terminal_names(self) -> list[str]:
+        return list(self._conns)
+
+    def input_names(self) -> list[str]:
+        return [
+            name
+            for name, conn in self._conns.items()
+            if (root := conn.find()).producer is None and root.value is NOVALUE
+        ]
+
+    def output_names(self) -> list[str]:
+        return [n for n in self._exposed if not n.startswith("__unnamed_")]
+
+    @property
+    def cin(self) -> Connection:
+        self._ensure_built()
+        conn = self._conns.get("input")
+        if conn is not None and conn.find().producer is None:
+            return conn
+        if self._cin is None:
+            msg = f"{self.path()}: has no canonical input yet (add a model first)."
+            raise ConnectionError_(msg)
+        return self._cin
+
+    @property
+    def cout(self) -> Connection:
+        self._ensure_built()
+        conn = self._exposed.get("output")
+        if conn is not None:
+            return conn
+        if self._cout is None:
+            msg = f"{self.path()}: has no canonical output yet (add a model first)."
+            raise ConnectionError_(msg)
+        return self._cout
+
+    def cin_name(self) -> str | None:
+        cin = self.cin.find()
+        for name, conn in self._conns.items():
+            if conn.find() is cin:
+                return name
+        # An unnamed canonical input: name it so that a parent can bind it.
+        name = "input" if "input" not in self._conns else f"input_{len(self._conns)}"
+        self._conns[name] = self._cin  # type: ignore[assignment]
+        cin.names.append((self, name))
+        return name
+
+    def __getattr__(self, name: str) -> Connection:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        self._ensure_built()
+        conns = self.__dict__.get("_conns")
+        if conns is not None and name in conns:
+            return conns[name]
+        msg = f"{type(self).__name__!r} object has no attribute or connection {name!r}"
+        raise AttributeError(msg)
+
+    @property
+    def children(self) -> list[BaseModel]:
+        self._ensure_built()
+        return list(self._children)
+
+    def primitives(self) -> Iterator[tuple[Primitive, str]]:
+        """Yield every primitive below this model with its ``_``-joined path."""
+        self._ensure_built()
+        stack: list[tuple[BaseModel, str]] = [
+            (c, c._child_name or "") for c in reversed(self._children)
+        ]
+        while stack:
+            model, path = stack.pop()
+            if isinstance(model, Primitive):
+                yield model, path
+            else:
+                assert isinstance(model, Model)
+                stack.extend(
+                    (c, f"{path}_{c._child_name}") for c in reversed(model._children)
+                )
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path()}>"
+
+
+class Operator(Model):
+    """A reusable composite: subclass it and build the inner model in ``create_model``.
+
+    The inner model is created lazily (when the operator is called, added or compiled),
+    so the subclass's ``__init__`` can set attributes after ``super().__init__``.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self._built = False
+
+    def create_model(self) -> Model:
+        """Return the model this operator stands for."""
+        raise NotImplementedError
+
+    def _ensure_built(self) -> None:
+        if self.__dict__.get("_built", True):
+            return
+        self._built = True
+        inner = self.create_model()
+        if not isinstance(inner, Model):
+            msg = f"{type(self).__name__}.create_model() must return a Model."
+            raise TypeError(msg)
+        inner._ensure_built()
+        for child in inner._children:
+            child._parent = self
+        self._children = inner._children
+        self._conns = inner._conns
+        self._exposed = inner._exposed
+        self._class_counts = inner._class_counts
+        self._cin, self._cout = inner._cin, inner._cout
+        self._implicit.update(inner._implicit)
+        for conn in self._conns.values():
+            root = conn.find()
+            root.names = [(self if m is inner else m, n) for m, n in root.names]
+            if conn.model is inner:
+                conn.model = self
+        for conn in self._exposed.values():
+            if conn.model is inner:
+                conn.model = self
+
+
+def _is_ancestor(ancestor: BaseModel, model: BaseModel) -> bool:
+    node = model._parent
+    while node is not None:
+        if node is ancestor:
+            return True
+        node = node._parent
+    return False
+
+
+def _has_connection(values: list[Any] | tuple[Any, ...]) -> bool:
+    return any(isinstance(v, Connection | str) for v in values)
+
+
+def _pending_owner(conn: Connection) -> BaseModel | None:
+    if conn.model is None:
+        return None
+    top = conn.model.root_model()
+    return top if top._pending is not None else None
+
+
+def solve() -> None:
+    """Run the shape/type rules to a fixed point, raising a located error on conflict."""
+    sh.solve(_raise_rule_error)
+
+
+def _raise_rule_error(rule: sh.Rule, exc: Exception) -> None:
+    if isinstance(exc, MithrilError):
+        return
+    owner = rule.owner
+    details = ", ".join(
+        f"{name}: {conn.find().shape_repr()}"
+        for name, conn in rule.terminals.items()
+        if ty.TENSORS & conn.find().types
+    )
+    sources = list(
+        dict.fromkeys(s for c in rule.terminals.values() for s in c.find().sources)
+    )
+    where = f" (connected at {'; '.join(sources[-4:])})" if sources else ""
+    msg = f"{owner.path()}: {exc} [{details}]{where}"
+    raise ShapeError(msg) from exc

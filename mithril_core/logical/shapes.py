@@ -1,0 +1,423 @@
+"""Symbolic shapes: union-find dims and variadic runs, unification, and the rule worklist.
+
+A shape is a sequence of :class:`Dim` (one axis, a known int or a symbol) with at most one
+:class:`Var` (a run of zero or more axes whose length is not yet known). Binding two
+terminals to one connection unifies their shapes; primitives add :class:`Rule` objects for
+relations a template cannot say (broadcasting, reductions ...). Rules watch the dims and
+runs they read and re-run only when one of those changes, so composition stays
+near-linear in model size.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+_counter = itertools.count()
+
+
+class ShapeConflict(Exception):  # noqa: N818 - internal signal, converted to ShapeError
+    """Raised inside the solver; callers turn it into a ShapeError with paths."""
+
+
+class Dim:
+    """One axis: a union-find node that is either a known ``int`` or a symbol."""
+
+    __slots__ = ("parent", "value", "name", "watchers", "rank")
+
+    def __init__(self, value: int | None = None, name: str | None = None) -> None:
+        self.parent: Dim | None = None
+        self.value = value
+        self.name = name
+        self.watchers: set[Rule] | None = None
+        self.rank = 0
+
+    def find(self) -> Dim:
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        current = self
+        while current.parent is not None and current.parent is not node:
+            current.parent, current = node, current.parent
+        return node
+
+    def __repr__(self) -> str:
+        root = self.find()
+        if root.value is not None:
+            return str(root.value)
+        return root.name or "None"
+
+
+class Var:
+    """A variadic run of axes; once resolved it stands for ``prefix + [inner] + suffix``."""
+
+    __slots__ = ("parent", "resolved", "name", "watchers")
+
+    def __init__(self, name: str | None = None) -> None:
+        self.parent: Var | None = None
+        self.resolved: tuple[list[Dim], Var | None, list[Dim]] | None = None
+        self.name = name
+        self.watchers: set[Rule] | None = None
+
+    def find(self) -> Var:
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
+    def __repr__(self) -> str:
+        return f"{self.name or 'V'}..."
+
+
+Item = Dim | Var
+
+
+def expand(items: Sequence[Item]) -> tuple[list[Dim], Var | None, list[Dim]]:
+    """Return ``(prefix, variadic root or None, suffix)`` with all dims as roots."""
+    prefix: list[Dim] = []
+    suffix: list[Dim] = []
+    var: Var | None = None
+    for item in items:
+        if isinstance(item, Dim):
+            (suffix if var is not None else prefix).append(item.find())
+            continue
+        pre, inner, suf = _expand_var(item)
+        if var is None:
+            prefix.extend(pre)
+            if inner is None:
+                prefix.extend(suf)
+            else:
+                var = inner
+                suffix.extend(suf)
+        else:
+            suffix.extend(pre)
+            suffix.extend(suf)
+    return prefix, var, suffix
+
+
+def _expand_var(var: Var) -> tuple[list[Dim], Var | None, list[Dim]]:
+    root = var.find()
+    if root.resolved is None:
+        return [], root, []
+    pre, inner, suf = root.resolved
+    pre = [d.find() for d in pre]
+    suf = [d.find() for d in suf]
+    if inner is None:
+        return pre, None, suf
+    ipre, iinner, isuf = _expand_var(inner)
+    result = (pre + ipre, iinner, isuf + suf)
+    root.resolved = (result[0], result[1], result[2])  # path compression
+    return result
+
+
+class ShapeNode:
+    """The shape of one connection (items are shared with other shapes after unification)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+
+    @classmethod
+    def unknown(cls) -> ShapeNode:
+        return cls([Var()])
+
+    def expanded(self) -> tuple[list[Dim], Var | None, list[Dim]]:
+        pre, var, suf = expand(self.items)
+        self.items = [*pre, var, *suf] if var is not None else pre
+        return pre, var, suf
+
+    def dims(self) -> list[Dim] | None:
+        """All dims when the rank is known, else ``None``."""
+        pre, var, suf = self.expanded()
+        return pre if var is None else None
+
+    def values(self) -> list[int | None] | None:
+        """Dim values (``None`` for symbols) when the rank is known."""
+        dims = self.dims()
+        return None if dims is None else [d.value for d in dims]
+
+    def is_known(self) -> bool:
+        dims = self.dims()
+        return dims is not None and all(d.value is not None for d in dims)
+
+    def watch(self, rule: Rule) -> None:
+        for item in self.items:
+            root = item.find()
+            if root.watchers is None:
+                root.watchers = set()
+            root.watchers.add(rule)
+
+    def __repr__(self) -> str:
+        pre, var, suf = self.expanded()
+        parts = [repr(d) for d in pre]
+        if var is not None:
+            parts.append("...")
+            parts.extend(repr(d) for d in suf)
+        return "[" + ", ".join(parts) + "]"
+
+
+def template(spec: Sequence[Any] | None, symbols: dict[str, Item]) -> ShapeNode:
+    """Build a shape from a template: ints, named dims (str), ``None`` and ``("V", ...)``.
+
+    Names are looked up in (and added to) ``symbols`` so that one name ties dims across
+    the terminals of a primitive.
+    """
+    if spec is None:
+        return ShapeNode.unknown()
+    items: list[Item] = []
+    for element in spec:
+        if isinstance(element, tuple) and len(element) == 2 and element[1] is ...:
+            name = str(element[0])
+            var = symbols.get(name)
+            if var is None:
+                var = symbols[name] = Var(name)
+            items.append(var)
+        elif isinstance(element, str):
+            dim = symbols.get(element)
+            if dim is None:
+                dim = symbols[element] = Dim(name=element)
+            items.append(dim)
+        elif element is None:
+            items.append(Dim())
+        elif isinstance(element, Dim):
+            items.append(element)
+        elif isinstance(element, int) and not isinstance(element, bool):
+            if element < 0:
+                msg = f"Shape template dims must be >= 0, got {element}."
+                raise ShapeConflict(msg)
+            items.append(Dim(element))
+        else:
+            msg = f"Invalid shape template element {element!r}."
+            raise TypeError(msg)
+    if sum(isinstance(i, Var) for i in items) > 1:
+        msg = f"A shape template has at most one variadic run: {spec!r}."
+        raise TypeError(msg)
+    return ShapeNode(items)
+
+
+# -- unification ------------------------------------------------------------------------
+
+
+def unify_dims(a: Dim, b: Dim) -> None:
+    a, b = a.find(), b.find()
+    if a is b:
+        return
+    if a.value is not None and b.value is not None and a.value != b.value:
+        msg = f"{a.value} != {b.value}"
+        raise ShapeConflict(msg)
+    if a.rank < b.rank:
+        a, b = b, a
+    b.parent = a
+    if a.rank == b.rank:
+        a.rank += 1
+    # Only a merge that tells a side something new wakes that side's rules (merging a
+    # fresh, unconstrained dim must not, or rules that build shapes would loop).
+    a_informed = a.value is not None or bool(a.watchers)
+    b_informed = b.value is not None or bool(b.watchers)
+    a_watchers, b_watchers = a.watchers, b.watchers
+    if a.value is None:
+        a.value = b.value
+    if a.name is None:
+        a.name = b.name
+    if a_watchers or b_watchers:
+        a.watchers = (a_watchers or set()) | (b_watchers or set())
+    b.watchers = None
+    if b_informed:
+        _notify(a_watchers)
+    if a_informed:
+        _notify(b_watchers)
+
+
+def set_dim(dim: Dim, value: int) -> None:
+    root = dim.find()
+    if root.value == value:
+        return
+    if root.value is not None:
+        msg = f"{root.value} != {value}"
+        raise ShapeConflict(msg)
+    root.value = value
+    _notify(root.watchers)
+
+
+def _merge_watchers(keep: Dim | Var, gone: Dim | Var) -> None:
+    watchers: set[Rule] = set()
+    if keep.watchers:
+        watchers |= keep.watchers
+    if gone.watchers:
+        watchers |= gone.watchers
+    keep.watchers = watchers or None
+    gone.watchers = None
+    _notify(watchers)
+
+
+def _resolve(var: Var, pre: list[Dim], inner: Var | None, suf: list[Dim]) -> None:
+    root = var.find()
+    if inner is not None and inner.find() is root:
+        if pre or suf:
+            msg = "a variadic run cannot contain itself"
+            raise ShapeConflict(msg)
+        return
+    if inner is not None and not pre and not suf:
+        inner_root = inner.find()
+        root.parent = inner_root
+        _merge_watchers(inner_root, root)
+        return
+    root.resolved = (pre, inner, suf)
+    watchers = root.watchers
+    root.watchers = None
+    if inner is not None and watchers:
+        inner_root = inner.find()
+        inner_root.watchers = (inner_root.watchers or set()) | watchers
+    _notify(watchers)
+
+
+def unify(a: ShapeNode, b: ShapeNode) -> None:
+    """Make two shapes equal, or raise :class:`ShapeConflict`."""
+    if a is b:
+        return
+    apre, avar, asuf = a.expanded()
+    bpre, bvar, bsuf = b.expanded()
+    if avar is None and bvar is None:
+        if len(apre) != len(bpre):
+            msg = "rank mismatch"
+            raise ShapeConflict(msg)
+        for x, y in zip(apre, bpre, strict=True):
+            unify_dims(x, y)
+        return
+    if avar is not None and bvar is not None and avar is bvar:
+        if len(apre) != len(bpre) or len(asuf) != len(bsuf):
+            msg = "rank mismatch"
+            raise ShapeConflict(msg)
+        for x, y in zip(apre + asuf, bpre + bsuf, strict=True):
+            unify_dims(x, y)
+        return
+    if avar is None:
+        apre, avar, asuf, bpre, bvar, bsuf = bpre, bvar, bsuf, apre, avar, asuf
+    # Now a has a variadic run.
+    assert avar is not None
+    if bvar is None:
+        full = bpre
+        if len(full) < len(apre) + len(asuf):
+            msg = "rank mismatch"
+            raise ShapeConflict(msg)
+        for x, y in zip(apre, full[: len(apre)], strict=True):
+            unify_dims(x, y)
+        tail = full[len(full) - len(asuf) :] if asuf else []
+        for x, y in zip(asuf, tail, strict=True):
+            unify_dims(x, y)
+        _resolve(avar, full[len(apre) : len(full) - len(asuf)], None, [])
+        return
+    # Both have variadic runs: match common prefix and suffix lengths.
+    n = min(len(apre), len(bpre))
+    for x, y in zip(apre[:n], bpre[:n], strict=True):
+        unify_dims(x, y)
+    m = min(len(asuf), len(bsuf))
+    for x, y in zip(asuf[len(asuf) - m :], bsuf[len(bsuf) - m :], strict=True):
+        unify_dims(x, y)
+    arest_pre, brest_pre = apre[n:], bpre[n:]
+    arest_suf, brest_suf = asuf[: len(asuf) - m], bsuf[: len(bsuf) - m]
+    if not arest_pre and not arest_suf:
+        _resolve(avar, brest_pre, bvar, brest_suf)
+    elif not brest_pre and not brest_suf:
+        _resolve(bvar, arest_pre, avar, arest_suf)
+    elif not arest_pre and not brest_suf:
+        # a = V + s_a, b = p_b + W  =>  V = p_b + X, W = X + s_a
+        fresh = Var()
+        _resolve(avar, brest_pre, fresh, [])
+        _resolve(bvar, [], fresh, arest_suf)
+    else:
+        fresh = Var()
+        _resolve(avar, [], fresh, brest_suf)
+        _resolve(bvar, arest_pre, fresh, [])
+
+
+def unify_with_dims(shape: ShapeNode, dims: Iterable[Dim | int | None]) -> None:
+    """Unify ``shape`` with a rank-known list of dims (ints become fixed dims)."""
+    items: list[Item] = []
+    for d in dims:
+        if isinstance(d, Dim):
+            items.append(d)
+        else:
+            items.append(Dim(d))
+    unify(shape, ShapeNode(items))
+
+
+# -- rules and the worklist -------------------------------------------------------------
+
+
+class Rule:
+    """A relation between terminals of one primitive, re-run when what it reads changes.
+
+    ``fn(rule)`` inspects ``rule.terminals`` (name -> Connection), applies what it can and
+    returns ``True`` when nothing more can be learned.
+    """
+
+    __slots__ = ("fn", "terminals", "owner", "done", "queued", "__weakref__", "order")
+
+    def __init__(
+        self, fn: Callable[[Rule], bool], terminals: dict[str, Any], owner: Any
+    ) -> None:
+        self.fn = fn
+        self.terminals = terminals
+        self.owner = owner
+        self.done = False
+        self.queued = False
+        self.order = next(_counter)
+
+    def conn(self, name: str) -> Any:
+        return self.terminals[name].find()
+
+    def run(self) -> None:
+        if self.done:
+            return
+        for conn in self.terminals.values():
+            conn.find().watch(self)
+        if self.fn(self):
+            self.done = True
+
+    def __repr__(self) -> str:
+        return f"Rule({getattr(self.fn, '__name__', self.fn)!r} of {self.owner!r})"
+
+
+_QUEUE: deque[Rule] = deque()
+
+
+def _notify(watchers: set[Rule] | None) -> None:
+    if not watchers:
+        return
+    for rule in watchers:
+        if not rule.done and not rule.queued:
+            rule.queued = True
+            _QUEUE.append(rule)
+
+
+def schedule(rule: Rule) -> None:
+    if not rule.done and not rule.queued:
+        rule.queued = True
+        _QUEUE.append(rule)
+
+
+def notify(watchers: set[Rule] | None) -> None:
+    """Queue every pending rule in ``watchers`` (called on type or value changes)."""
+    _notify(watchers)
+
+
+def solve(on_error: Callable[[Rule, Exception], None]) -> None:
+    """Run queued rules to a fixed point; ``on_error`` turns a conflict into a user error."""
+    while _QUEUE:
+        rule = _QUEUE.popleft()
+        rule.queued = False
+        try:
+            rule.run()
+        except Exception as exc:  # converted to a user-facing error with paths
+            _QUEUE.clear()
+            on_error(rule, exc)
+            raise
+
+
+def clear_queue() -> None:
+    while _QUEUE:
+        _QUEUE.popleft().queued = False

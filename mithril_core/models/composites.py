@@ -1,0 +1,61 @@
+"""Composite models built from primitives: Linear, MLP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mithril_core.logical.connection import IOKey
+from mithril_core.logical.model import BaseModel, Model
+from mithril_core.primitives import Add, MatrixMultiply, Transpose
+
+
+class Linear(Model):
+    """``output = input @ weight.T + bias`` with ``weight`` of shape ``[dimension, in]``
+    (PyTorch's layout) and ``bias`` of shape ``[dimension]``."""
+
+    def __init__(
+        self, dimension: int | None = None, use_bias: bool = True, name: str | None = None
+    ) -> None:
+        super().__init__(name=name)
+        self.dimension, self.use_bias = dimension, use_bias
+        weight = IOKey("weight", shape=[dimension, None])
+        self |= Transpose(axes=None)(input=weight, output="weight_t")
+        product = "product" if use_bias else IOKey("output")
+        self |= MatrixMultiply()(left=IOKey("input"), right="weight_t", output=product)
+        if use_bias:
+            bias = IOKey("bias", shape=[dimension])
+            self |= Add()(left="product", right=bias, output=IOKey("output"))
+        self._cin = self._conns["input"]
+
+
+class MLP(Model):
+    """Stack of ``Linear`` layers (``layer_0`` ...) each followed by its activation
+    (``None`` for none)."""
+
+    def __init__(
+        self,
+        activations: Sequence[BaseModel | None],
+        dimensions: Sequence[int | None],
+        use_bias: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        if len(activations) != len(dimensions):
+            msg = (
+                f"MLP: {len(activations)} activations given for {len(dimensions)} "
+                "dimensions; give one per layer (None for none)."
+            )
+            raise ValueError(msg)
+        last = len(dimensions) - 1
+        for i, (activation, dim) in enumerate(zip(activations, dimensions, strict=True)):
+            layer = Linear(dim, use_bias=use_bias, name=f"layer_{i}")
+            is_last = i == last and activation is None
+            out = IOKey("output") if is_last else f"layer_{i}_output"
+            if i == 0:
+                self |= layer(input=IOKey("input"), output=out)
+            else:
+                self += layer(output=out)
+            if activation is not None:
+                out = IOKey("output") if i == last else f"activation_{i}_output"
+                activation.name = activation.name or f"activation_{i}"
+                self += activation(output=out)

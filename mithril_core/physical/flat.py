@@ -1,0 +1,246 @@
+"""Flatten a logical model into a graph of primitive calls, then simplify it.
+
+Passes, each ``FlatGraph -> FlatGraph`` in place: drop buffers, prune what no output
+needs, de-duplicate identical calls, fold what depends only on constants.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mithril_core.logical import types as ty
+from mithril_core.logical.connection import NOVALUE, Connection
+from mithril_core.logical.model import BaseModel, Model, Primitive
+
+_IDENT = re.compile(r"[^0-9a-zA-Z_]")
+
+
+@dataclass(eq=False)
+class Value:
+    """One flat-graph value: an input, a constant, or a node's output."""
+
+    name: str
+    conn: Connection
+    constant: Any = NOVALUE
+
+    @property
+    def is_constant(self) -> bool:
+        return self.constant is not NOVALUE
+
+    @property
+    def types(self) -> frozenset[str]:
+        return self.conn.find().types
+
+    def shape(self) -> list[int | None] | None:
+        """Dim values of a tensor (``None`` for unknown dims); ``None`` otherwise."""
+        root = self.conn.find()
+        if not root.types <= ty.TENSORS:
+            return None
+        return root.shape_node.values()
+
+    def __repr__(self) -> str:
+        return f"Value({self.name})"
+
+
+@dataclass(eq=False)
+class Node:
+    """One primitive call: ``output = op(*inputs)``."""
+
+    primitive: Primitive
+    path: str
+    inputs: list[Value]
+    output: Value
+
+    @property
+    def op(self) -> str:
+        return self.primitive.op_name
+
+
+@dataclass
+class FlatGraph:
+    nodes: list[Node]
+    inputs: dict[str, Value]
+    outputs: dict[str, Value]
+    values: dict[int, Value] = field(default_factory=dict)
+
+
+def assign_names(model: Model) -> dict[int, str]:
+    """Key of every connection root: the ``_``-joined path where it is first named,
+    walking the tree top-down (so the shallowest name wins)."""
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    queue: deque[tuple[BaseModel, str]] = deque([(model, "")])
+    while queue:
+        current, prefix = queue.popleft()
+        if isinstance(current, Primitive):
+            named = current._terminals.items()
+        else:
+            assert isinstance(current, Model)
+            named = current._conns.items()
+            for child in current._children:
+                child_prefix = f"{prefix}{child._child_name}_"
+                queue.append((child, child_prefix))
+        for name, conn in named:
+            root = conn.find()
+            if id(root) in names:
+                continue
+            key = _unique(_IDENT.sub("_", prefix + name), taken)
+            names[id(root)] = key
+            taken.add(key)
+    return names
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    if name not in taken:
+        return name
+    index = 1
+    while f"{name}_{index}" in taken:
+        index += 1
+    return f"{name}_{index}"
+
+
+def flatten(model: Model, names: dict[int, str]) -> FlatGraph:
+    values: dict[int, Value] = {}
+
+    def value_of(conn: Connection) -> Value:
+        root = conn.find()
+        existing = values.get(id(root))
+        if existing is None:
+            existing = Value(names.get(id(root)) or f"v{len(values)}", root)
+            if root.value is not NOVALUE:
+                existing.constant = root.value
+            values[id(root)] = existing
+        return existing
+
+    nodes: list[Node] = []
+    for primitive, path in model.primitives():
+        inputs = [value_of(primitive._terminals[n]) for n in primitive._inputs]
+        output = value_of(primitive._terminals["output"])
+        nodes.append(Node(primitive, path, inputs, output))
+    inputs: dict[str, Value] = {}
+    for value in values.values():
+        root = value.conn
+        if root.producer is None and not value.is_constant:
+            inputs[value.name] = value
+    return FlatGraph(nodes=nodes, inputs=inputs, outputs={}, values=values)
+
+
+def topological_order(graph: FlatGraph) -> None:
+    producer = {id(n.output): n for n in graph.nodes}
+    order: list[Node] = []
+    state: dict[int, int] = {}
+    for start in graph.nodes:
+        if id(start) in state:
+            continue
+        stack: list[tuple[Node, int]] = [(start, 0)]
+        while stack:
+            node, i = stack.pop()
+            if i == 0:
+                if state.get(id(node)) == 2:
+                    continue
+                state[id(node)] = 1
+            deps = [producer[id(v)] for v in node.inputs if id(v) in producer]
+            if i < len(deps):
+                stack.append((node, i + 1))
+                dep = deps[i]
+                if state.get(id(dep)) == 1:
+                    msg = f"Cycle in the model graph through {dep.path} and {node.path}."
+                    raise ValueError(msg)
+                if state.get(id(dep)) != 2:
+                    stack.append((dep, 0))
+                continue
+            state[id(node)] = 2
+            order.append(node)
+    graph.nodes = order
+
+
+def remove_buffers(graph: FlatGraph) -> None:
+    alias: dict[int, Value] = {}
+
+    def resolve(value: Value) -> Value:
+        while id(value) in alias:
+            value = alias[id(value)]
+        return value
+
+    kept = []
+    for node in graph.nodes:
+        node.inputs = [resolve(v) for v in node.inputs]
+        if node.op == "buffer":
+            alias[id(node.output)] = node.inputs[0]
+        else:
+            kept.append(node)
+    graph.nodes = kept
+    graph.outputs = {k: resolve(v) for k, v in graph.outputs.items()}
+
+
+def prune(graph: FlatGraph) -> None:
+    needed = {id(v) for v in graph.outputs.values()}
+    kept = []
+    for node in reversed(graph.nodes):
+        if id(node.output) in needed:
+            kept.append(node)
+            needed.update(id(v) for v in node.inputs)
+    kept.reverse()
+    graph.nodes = kept
+    graph.inputs = {k: v for k, v in graph.inputs.items() if id(v) in needed}
+
+
+def deduplicate(graph: FlatGraph) -> None:
+    seen: dict[tuple[Any, ...], Value] = {}
+    alias: dict[int, Value] = {}
+    kept = []
+    for node in graph.nodes:
+        node.inputs = [alias.get(id(v), v) for v in node.inputs]
+        key = (node.op, *(_identity(v) for v in node.inputs))
+        if node.op not in _IMPURE and _hashable(key):
+            previous = seen.get(key)
+            if previous is not None:
+                alias[id(node.output)] = previous
+                continue
+            seen[key] = node.output
+        kept.append(node)
+    graph.nodes = kept
+    graph.outputs = {k: alias.get(id(v), v) for k, v in graph.outputs.items()}
+
+
+_IMPURE = frozenset({"dropout"})
+
+
+def _identity(value: Value) -> Any:
+    if value.is_constant:
+        constant = value.constant
+        if hasattr(constant, "shape"):
+            return ("array", id(constant))
+        return ("const", type(constant).__name__, constant)
+    return id(value)
+
+
+def _hashable(key: tuple[Any, ...]) -> bool:
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
+
+
+def fold_constants(
+    graph: FlatGraph, evaluate: Callable[[Node, list[Any]], Any]
+) -> None:
+    """Replace nodes whose inputs are all constant by their (constant) output."""
+    kept = []
+    for node in graph.nodes:
+        if node.output.is_constant:
+            continue
+        if all(v.is_constant for v in node.inputs) and node.op not in _IMPURE:
+            node.output.constant = evaluate(node, [v.constant for v in node.inputs])
+            continue
+        kept.append(node)
+    graph.nodes = kept
+
+
+def used_values(nodes: Iterable[Node]) -> set[int]:
+    return {id(v) for n in nodes for v in n.inputs}

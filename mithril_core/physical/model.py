@@ -1,0 +1,370 @@
+"""``compile``: logical model -> flat graph -> generated code -> :class:`PhysicalModel`."""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from mithril_core.backends.base import Backend, Program
+from mithril_core.codegen.python import PythonCodegen
+from mithril_core.errors import (
+    CompileError,
+    DtypeError,
+    KeyError_,
+    MissingLoweringError,
+    ShapeError,
+)
+from mithril_core.logical import shapes as sh
+from mithril_core.logical import types as ty
+from mithril_core.logical.connection import NOVALUE, Connection
+from mithril_core.logical.model import BaseModel, Model, solve
+from mithril_core.physical import flat
+from mithril_core.plugins import get_registry
+
+logger = logging.getLogger("mithril_core.compile")
+
+
+def compile(  # noqa: A001 - the public name the SPEC fixes
+    model: BaseModel,
+    backend: Backend,
+    *,
+    shapes: Mapping[str, Iterable[int | None]] | None = None,
+    data_keys: Iterable[str] | None = None,
+    constant_keys: Mapping[str, Any] | None = None,
+    trainable_keys: Iterable[str] | None = None,
+    discard_keys: Iterable[str] | None = None,
+    inference: bool = False,
+    jit: bool = True,
+    file_path: str | None = None,
+) -> PhysicalModel:
+    """Compile ``model`` for ``backend``.
+
+    :param shapes: key -> shape (``None`` for an unknown dim) applied before solving.
+    :param data_keys: inputs given at evaluate as data (no gradient).
+    :param constant_keys: key -> value fixed at compile time (folded into the code).
+    :param trainable_keys: inputs that get gradients (default: every float input that
+        is neither data nor constant).
+    :param discard_keys: outputs not to return.
+    :param inference: compile without gradient support (and with layers such as
+        Dropout/BatchNorm in inference mode).
+    :param jit: let the backend jit the generated function.
+    :param file_path: also write the generated source there.
+    """
+    timer = _PhaseTimer()
+    if not isinstance(model, BaseModel):
+        msg = f"compile() expects a model, got {type(model).__name__}."
+        raise TypeError(msg)
+    if not isinstance(backend, Backend):
+        msg = f"compile() expects a backend instance (e.g. ml.NumpyBackend()), got {backend!r}."
+        raise TypeError(msg)
+    model._ensure_built()
+    if model._parent is not None:
+        msg = f"{model.path()} is part of a larger model; compile the top model."
+        raise CompileError(msg)
+    top = _as_model(model)
+    with _deep_recursion():
+        top = copy.deepcopy(top)
+    timer.done("copy")
+    names = flat.assign_names(top)
+    by_name = {names[id(c.find())]: c.find() for c in _all_connections(top)}
+    data = set(data_keys or ())
+    constants = dict(constant_keys or {})
+    trainable = set(trainable_keys) if trainable_keys is not None else None
+    for key in (*data, *constants, *(trainable or ()), *(shapes or {})):
+        if key not in by_name:
+            msg = (
+                f"{top.path()}: unknown key {key!r} given to compile; known keys: "
+                f"{', '.join(sorted(k for k in by_name if not _internal(by_name[k])))}."
+            )
+            raise KeyError_(msg)
+    for key, shape in (shapes or {}).items():
+        _apply_shape(by_name[key], key, list(shape))
+    for key, value in constants.items():
+        conn = by_name[key]
+        try:
+            conn.set_value(_constant_value(value, backend))
+            solve()
+        except sh.ShapeConflict as exc:
+            msg = f"{top.path()}.{key}: constant does not fit: {exc}"
+            raise ShapeError(msg) from None
+    solve()
+    # Inputs are given at evaluate as arrays: one that may be a tensor is a tensor.
+    for conn in {id(c.find()): c.find() for c in by_name.values()}.values():
+        if conn.producer is None and conn.value is NOVALUE and conn.types & ty.TENSORS:
+            conn.restrict_type(conn.types & ty.TENSORS)
+    solve()
+    timer.done("solve")
+
+    graph = flat.flatten(top, names)
+    graph.outputs = _outputs(top, graph, names, set(discard_keys or ()))
+    flat.topological_order(graph)
+    flat.remove_buffers(graph)
+    flat.prune(graph)
+    flat.deduplicate(graph)
+    registry = get_registry()
+    lowerings = registry.lowerings(backend.name)
+    _check_lowerings(graph, lowerings, backend.name)
+    numpy_lowerings = registry.lowerings("numpy")
+    flat.fold_constants(graph, lambda node, args: _fold(node, args, numpy_lowerings))
+    flat.prune(graph)
+    timer.done("passes")
+
+    input_keys = tuple(graph.inputs)
+    float_inputs = {k for k, v in graph.inputs.items() if ty.TENSOR_FLOAT in v.types}
+    if trainable is None:
+        trainable_set = {
+            k
+            for k in float_inputs
+            if k not in data and graph.inputs[k].conn.differentiable is not False
+        }
+    else:
+        trainable_set = trainable
+    for key in input_keys:
+        if key not in trainable_set and key not in data:
+            data.add(key)
+    grad_keys = tuple(k for k in input_keys if k in trainable_set)
+    for k in input_keys:
+        if k in data and graph.inputs[k].conn.differentiable:
+            grad_keys += (k,)
+
+    codegen = PythonCodegen(
+        graph,
+        lowerings,
+        with_vjp=not backend.has_autograd,
+        convert_constant=lambda value: _to_backend(value, backend),
+    )
+    source = codegen.forward_source()
+    differentiable_outputs = tuple(
+        k for k, v in graph.outputs.items() if ty.TENSOR_FLOAT in v.types
+    )
+    if not backend.has_autograd and not inference:
+        source += "\n\n" + codegen.backward_source(
+            grad_keys, differentiable_outputs, "forward_backward"
+        )
+    filename = _write_source(source, file_path)
+    namespace = codegen.namespace
+    exec(compile_source(source, filename, "exec"), namespace)  # noqa: S102 - our generated code
+    forward = namespace["forward"]
+    forward_backward = None
+    if not backend.has_autograd and not inference:
+        forward_backward = _BackwardCache(codegen, grad_keys, filename, namespace)
+    program = Program(
+        forward=forward,
+        forward_backward=forward_backward,
+        input_keys=input_keys,
+        output_keys=tuple(graph.outputs),
+        grad_keys=grad_keys,
+        differentiable_outputs=differentiable_outputs,
+        source=source,
+    )
+    evaluator = backend.build_evaluator(program, jit=jit and backend.supports_jit)
+    timer.done("codegen")
+    from mithril_core.physical.physical_model import PhysicalModel
+
+    return PhysicalModel(
+        backend=backend,
+        graph=graph,
+        logical=top,
+        program=program,
+        evaluator=evaluator,
+        trainable_keys=tuple(k for k in input_keys if k in trainable_set),
+        data_keys=tuple(k for k in input_keys if k in data),
+        file_path=filename if file_path else None,
+        inference=inference,
+        all_connections=by_name,
+    )
+
+
+compile_source = builtins.compile
+
+
+class _BackwardCache:
+    """Generates (once per set of seeded outputs) the forward+backward function."""
+
+    def __init__(
+        self,
+        codegen: PythonCodegen,
+        grad_keys: tuple[str, ...],
+        filename: str,
+        namespace: dict[str, Any],
+    ) -> None:
+        self.codegen = codegen
+        self.grad_keys = grad_keys
+        self.filename = filename
+        self.namespace = namespace
+        self.functions: dict[frozenset[str], Any] = {}
+        full = tuple(k for k in codegen.graph.outputs if ty.TENSOR_FLOAT in codegen.graph.outputs[k].types)
+        self.functions[frozenset(full)] = namespace["forward_backward"]
+
+    def __call__(
+        self, inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        key = frozenset(output_gradients)
+        function = self.functions.get(key)
+        if function is None:
+            seeded = tuple(k for k in self.codegen.graph.outputs if k in key)
+            source = self.codegen.backward_source(self.grad_keys, seeded, "fb")
+            exec(compile_source(source, self.filename + f":{sorted(key)}", "exec"), self.namespace)  # noqa: S102
+            function = self.functions[key] = self.namespace["fb"]
+        return function(inputs, output_gradients)
+
+
+def _write_source(source: str, file_path: str | None) -> str:
+    if file_path is None:
+        return f"<mithril generated {abs(hash(source)):x}>"
+    directory = os.path.dirname(os.path.abspath(file_path))
+    os.makedirs(directory, exist_ok=True)
+    with open(file_path, "w", encoding="utf-8") as handle:
+        handle.write(source)
+    return os.path.abspath(file_path)
+
+
+class _PhaseTimer:
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        logger.info("compile %s: %.1f ms", phase, (now - self.last) * 1e3)
+        self.last = now
+
+
+class _deep_recursion:  # noqa: N801 - used as a context manager
+    def __enter__(self) -> None:
+        self.limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.limit, 200_000))
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setrecursionlimit(self.limit)
+
+
+def _as_model(model: BaseModel) -> Model:
+    if isinstance(model, Model):
+        return model
+    wrapper = Model()
+    names = model.terminal_names()
+    wrapper |= model(**{n: n for n in names if n != "output"}, output=_io("output"))
+    return wrapper
+
+
+def _io(name: str) -> Any:
+    from mithril_core.logical.connection import IOKey
+
+    return IOKey(name)
+
+
+def _all_connections(model: Model) -> list[Connection]:
+    conns: list[Connection] = list(model._conns.values())
+    for primitive, _ in model.primitives():
+        conns.extend(primitive._terminals.values())
+    stack: list[BaseModel] = list(model._children)
+    while stack:
+        child = stack.pop()
+        if isinstance(child, Model):
+            conns.extend(child._conns.values())
+            stack.extend(child._children)
+    return conns
+
+
+def _internal(conn: Connection) -> bool:
+    return conn.producer is not None or conn.value is not NOVALUE
+
+
+def _apply_shape(conn: Connection, key: str, shape: list[int | None]) -> None:
+    before = repr(conn.shape_node)
+    try:
+        sh.unify_with_dims(conn.shape_node, shape)
+        solve()
+    except sh.ShapeConflict as exc:
+        sh.clear_queue()
+        sources = "; ".join(dict.fromkeys(conn.sources))
+        where = f" (connected at {sources})" if sources else ""
+        msg = f"{key}: shape {shape} given to compile conflicts with {before} ({exc}){where}"
+        raise ShapeError(msg) from None
+
+
+def _constant_value(value: Any, backend: Backend) -> Any:
+    if isinstance(value, int | float | bool | tuple | list | str) or value is None:
+        return value
+    info = backend.array_info(value)
+    if info is not None:
+        return backend.to_numpy(value)
+    return np.asarray(value)
+
+
+def _to_backend(value: Any, backend: Backend) -> Any:
+    if isinstance(value, np.ndarray):
+        return backend.array(value, dtype=_dtype_for(value, backend))
+    return value
+
+
+def _dtype_for(value: np.ndarray, backend: Backend) -> str:
+    if value.dtype.kind == "f":
+        return backend.dtype.name
+    if value.dtype.kind == "b":
+        return "bool"
+    return "int64" if "int64" in backend.supported_dtypes else "int32"
+
+
+def _outputs(
+    model: Model, graph: flat.FlatGraph, names: dict[int, str], discard: set[str]
+) -> dict[str, flat.Value]:
+    outputs: dict[str, flat.Value] = {}
+    for name, conn in model._exposed.items():
+        root = conn.find()
+        if root.producer is None and root.value is NOVALUE:
+            continue
+        key = names[id(root)]
+        if name.startswith("__unnamed_") or key in discard:
+            continue
+        outputs[name] = graph.values[id(root)]
+    if not outputs:
+        cout = model._cout
+        if cout is not None and cout.find().producer is not None:
+            root = cout.find()
+            key = names[id(root)]
+            if key not in discard:
+                outputs[key] = graph.values[id(root)]
+    if not outputs:
+        msg = f"{model.path()}: the model has no outputs; expose one with IOKey('name')."
+        raise CompileError(msg)
+    unknown = discard - {names[id(c.find())] for c in _all_connections(model)}
+    if unknown:
+        msg = f"{model.path()}: discard_keys {sorted(unknown)} are not keys of the model."
+        raise KeyError_(msg)
+    return outputs
+
+
+def _check_lowerings(graph: flat.FlatGraph, lowerings: Mapping[str, Any], backend: str) -> None:
+    missing: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.op not in lowerings:
+            missing.setdefault(node.op, []).append(node.path)
+    if missing:
+        lines = [
+            f"  {op!r} used at {', '.join(paths[:5])}" + (" ..." if len(paths) > 5 else "")
+            for op, paths in sorted(missing.items())
+        ]
+        msg = (
+            f"Backend {backend!r} has no lowering for {len(missing)} primitive(s):\n"
+            + "\n".join(lines)
+            + "\nInstall or write a plugin providing them (see `python -m mithril_core ops`)."
+        )
+        raise MissingLoweringError(msg)
+
+
+def _fold(node: flat.Node, args: list[Any], numpy_lowerings: Mapping[str, Any]) -> Any:
+    entry = numpy_lowerings.get(node.op)
+    if entry is None:
+        msg = f"{node.path}: cannot fold {node.op!r} at compile time (no NumPy lowering)."
+        raise CompileError(msg)
+    forward = entry[0] if isinstance(entry, tuple) else entry
+    return forward(*args)

@@ -1,0 +1,213 @@
+"""The compiled model users evaluate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from mithril_core.backends.base import Backend, Evaluator, Program
+from mithril_core.errors import DtypeError, KeyError_, ShapeError
+from mithril_core.logical import types as ty
+from mithril_core.logical.connection import Connection
+from mithril_core.logical.model import Model
+from mithril_core.physical.flat import FlatGraph
+
+_KIND = {"f": "float", "i": "int", "u": "int", "b": "bool"}
+
+
+class PhysicalModel:
+    """A model compiled for one backend: ``evaluate``, gradients and generated code."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        graph: FlatGraph,
+        logical: Model,
+        program: Program,
+        evaluator: Evaluator,
+        trainable_keys: tuple[str, ...],
+        data_keys: tuple[str, ...],
+        file_path: str | None,
+        inference: bool,
+        all_connections: dict[str, Connection],
+    ) -> None:
+        self.backend = backend
+        self.graph = graph
+        self.logical_model = logical
+        self.program = program
+        self._evaluator = evaluator
+        self.trainable_keys = trainable_keys
+        self.data_keys = data_keys
+        self.file_path = file_path
+        self.inference = inference
+        self._connections = all_connections
+        self._expected: dict[str, tuple[tuple[int | None, ...] | None, frozenset[str]]] = {}
+        for key, value in graph.inputs.items():
+            shape = value.shape()
+            self._expected[key] = (
+                tuple(shape) if shape is not None else None,
+                value.types,
+            )
+
+    # -- introspection -----------------------------------------------------------------
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        """Every input: trainable parameters, state and data."""
+        return self.program.input_keys
+
+    @property
+    def output_keys(self) -> tuple[str, ...]:
+        return self.program.output_keys
+
+    @property
+    def code(self) -> str:
+        """The generated source (exactly what ``file_path`` holds)."""
+        return self.program.source
+
+    @property
+    def shapes(self) -> dict[str, list[int | None] | None]:
+        """Shape of every input, output and internal named value (``None`` if not a
+        tensor)."""
+        result: dict[str, list[int | None] | None] = {}
+        for key in (*self.input_keys, *self.output_keys):
+            value = self.graph.inputs.get(key) or self.graph.outputs[key]
+            result[key] = value.shape()
+        for node in self.graph.nodes:
+            result.setdefault(node.output.name, node.output.shape())
+        return result
+
+    def summary(self) -> str:
+        from mithril_core.logical.summary import physical_summary
+
+        text = physical_summary(self)
+        print(text)
+        return text
+
+    # -- parameters --------------------------------------------------------------------
+    def randomize_params(self, seed: int = 0) -> dict[str, Any]:
+        """Random values for every trainable key, from one counter-based generator so the
+        same seed gives the same numbers on every backend. Weights of rank >= 2 are
+        uniform in ``±1/sqrt(fan_in)`` (PyTorch's Linear/Conv default), vectors likewise
+        with the fan-in of their layer when known, else in ``±0.1``."""
+        generator = np.random.Generator(np.random.Philox(seed))
+        params: dict[str, Any] = {}
+        unknown = []
+        for key in self.trainable_keys:
+            shape = self.graph.inputs[key].shape()
+            if shape is None or None in shape:
+                unknown.append(f"{key}: {shape}")
+                continue
+            fan_in = int(np.prod(shape[1:])) if len(shape) >= 2 else 0
+            bound = 1.0 / np.sqrt(fan_in) if fan_in else 0.1
+            values = generator.uniform(-bound, bound, size=tuple(shape))  # type: ignore[arg-type]
+            params[key] = self.backend.array(values, dtype=self.backend.dtype)
+        if unknown:
+            msg = (
+                "Cannot randomize parameters whose shapes are not known: "
+                + "; ".join(unknown)
+                + ". Give their shapes (or the input shapes) to compile(shapes=...)."
+            )
+            raise ShapeError(msg)
+        return params
+
+    # -- evaluation --------------------------------------------------------------------
+    def evaluate(
+        self,
+        params: Mapping[str, Any] | None = None,
+        data: Mapping[str, Any] | None = None,
+        output_gradients: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Run the model. Returns the outputs dict, or ``(outputs, gradients)`` when
+        ``output_gradients`` (output key -> gradient array) is given."""
+        inputs: dict[str, Any] = {}
+        if params:
+            inputs.update(params)
+        if data:
+            inputs.update(data)
+        self._check_inputs(inputs)
+        if output_gradients is not None:
+            if self.inference:
+                msg = "This model was compiled with inference=True: it has no gradients."
+                raise ValueError(msg)
+            unknown = set(output_gradients) - set(self.program.differentiable_outputs)
+            if unknown:
+                msg = (
+                    f"output_gradients has keys {sorted(unknown)} that are not "
+                    f"differentiable outputs; expected a subset of "
+                    f"{list(self.program.differentiable_outputs)}."
+                )
+                raise KeyError_(msg)
+            outputs, grads = self._evaluator(inputs, output_gradients)
+            assert grads is not None
+            for key, grad in grads.items():
+                if grad is None:
+                    grads[key] = self.backend.zeros(*self.backend.array_info(inputs[key])[0])  # type: ignore[index]
+            return outputs, grads
+        outputs, _ = self._evaluator(inputs, None)
+        return outputs
+
+    def _check_inputs(self, inputs: dict[str, Any]) -> None:
+        expected = self._expected
+        if len(inputs) != len(expected) or not expected.keys() == inputs.keys():
+            missing = [k for k in expected if k not in inputs]
+            extra = [k for k in inputs if k not in expected]
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing}")
+            if extra:
+                parts.append(f"unexpected keys {extra}")
+            msg = (
+                "evaluate(): " + " and ".join(parts) + f". Expected exactly "
+                f"{list(expected)} (params: {list(self.trainable_keys)}, data: "
+                f"{list(self.data_keys)})."
+            )
+            raise KeyError_(msg)
+        info = self.backend.array_info
+        for key, value in inputs.items():
+            shape, types = expected[key]
+            if not types & ty.TENSORS or not types <= ty.TENSORS:
+                continue
+            found = info(value)
+            if found is None:
+                msg = (
+                    f"{key}: expected a {self.backend.name} array, got "
+                    f"{type(value).__name__}. Use backend.array(...)."
+                )
+                raise DtypeError(msg)
+            given_shape, dtype = found
+            if shape is not None:
+                if len(given_shape) != len(shape) or any(
+                    e is not None and e != g for e, g in zip(shape, given_shape, strict=False)
+                ):
+                    msg = (
+                        f"{key}: expected shape {list(shape)}, got {list(given_shape)}. "
+                        "Nothing is broadcast silently."
+                    )
+                    raise ShapeError(msg)
+            kind = _dtype_kind(dtype)
+            if f"Tensor[{kind}]" not in types:
+                msg = f"{key}: expected a {ty.format_type(types)} array, got dtype {dtype}."
+                raise DtypeError(msg)
+            if kind == "float" and dtype != self.backend.dtype.name:
+                msg = (
+                    f"{key}: expected dtype {self.backend.dtype.name}, got {dtype}. "
+                    "Convert it with backend.array(...); nothing is cast silently."
+                )
+                raise DtypeError(msg)
+
+    def __repr__(self) -> str:
+        return (
+            f"<PhysicalModel {self.logical_model.path()} on {self.backend!r}: "
+            f"inputs={list(self.input_keys)}, outputs={list(self.output_keys)}>"
+        )
+
+
+def _dtype_kind(name: str) -> str:
+    if "float" in name:
+        return "float"
+    if name == "bool":
+        return "bool"
+    return "int"

@@ -1,0 +1,153 @@
+"""The plugin manager: builtin and installed packages contribute through one set of hooks."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Mapping
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from mithril_core import hookspecs
+from mithril_core.errors import (
+    MSG_INSTALL_BACKEND,
+    MissingBackendError,
+    PluginError,
+)
+
+PROJECT = "mithril"
+DEFAULT_PLUGINS = (
+    "mithril_core.primitives.plugin",
+    "mithril_core.backends.numpy.plugin",
+)
+
+
+def create_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A fresh manager with the builtin plugins and (optionally) installed entry points.
+
+    ``MITHRIL_DISABLE_PLUGINS=torch,c`` blocks entry points by name;
+    ``MITHRIL_PLUGINS=torch`` loads only the named ones.
+    """
+    import importlib
+
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(hookspecs)
+    for module_name in DEFAULT_PLUGINS:
+        manager.register(importlib.import_module(module_name), name=module_name)
+    if load_entry_points:
+        _load_entry_points(manager)
+    manager.check_pending()
+    return manager
+
+
+def _load_entry_points(manager: pluggy.PluginManager) -> None:
+    disabled = {n for n in os.environ.get("MITHRIL_DISABLE_PLUGINS", "").split(",") if n}
+    only = {n for n in os.environ.get("MITHRIL_PLUGINS", "").split(",") if n}
+    for entry_point in metadata.entry_points(group=PROJECT):
+        if entry_point.name in disabled or (only and entry_point.name not in only):
+            manager.set_blocked(entry_point.name)
+            continue
+        if manager.get_plugin(entry_point.name) is not None:
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:
+            dist = entry_point.dist.name if entry_point.dist else entry_point.value
+            msg = (
+                f"Plugin {entry_point.name!r} from distribution {dist!r} failed to import: "
+                f"{exc}\n{traceback.format_exc()}"
+            )
+            raise PluginError(msg) from exc
+        manager.register(plugin, name=entry_point.name)
+        _DISTRIBUTIONS[entry_point.name] = (
+            entry_point.dist.name if entry_point.dist else "?"
+        )
+
+
+_DISTRIBUTIONS: dict[str, str] = {}
+
+
+@cache
+def get_manager() -> pluggy.PluginManager:
+    """The process-wide manager, created (and entry points loaded) on first use."""
+    return create_manager()
+
+
+class Registry:
+    """Backends, primitives and lowerings contributed through a plugin manager."""
+
+    def __init__(self, manager: pluggy.PluginManager) -> None:
+        self.manager = manager
+        self._backends: dict[str, type] | None = None
+        self._operators: dict[str, type] | None = None
+        self._lowerings: dict[str, dict[str, Any]] = {}
+
+    def _merge(self, results: list[tuple[str, Mapping[str, Any]]], what: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        owner: dict[str, str] = {}
+        for plugin_name, mapping in results:
+            for key, value in mapping.items():
+                if key in merged:
+                    msg = (
+                        f"{what} {key!r} is provided by both {owner[key]!r} and "
+                        f"{plugin_name!r}; uninstall or block one "
+                        "(MITHRIL_DISABLE_PLUGINS)."
+                    )
+                    raise PluginError(msg)
+                merged[key] = value
+                owner[key] = plugin_name
+        return merged
+
+    def _call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        results = []
+        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+            value = impl.function(**kwargs)
+            if value is not None:
+                results.append((impl.plugin_name, value))
+        return results
+
+    @property
+    def backends(self) -> dict[str, type]:
+        if self._backends is None:
+            self._backends = self._merge(self._call("mithril_backends"), "Backend")
+        return self._backends
+
+    @property
+    def operators(self) -> dict[str, type]:
+        if self._operators is None:
+            results = [
+                (name, {cls.op_name: cls for cls in classes})
+                for name, classes in self._call("mithril_operators")
+            ]
+            self._operators = self._merge(results, "Operator")
+        return self._operators
+
+    def lowerings(self, backend: str) -> dict[str, Any]:
+        table = self._lowerings.get(backend)
+        if table is None:
+            table = self._merge(self._call("mithril_lowerings", backend=backend), "Lowering")
+            self._lowerings[backend] = table
+        return table
+
+    def backend_class(self, name: str) -> type:
+        backends = self.backends
+        if name not in backends:
+            msg = MSG_INSTALL_BACKEND.format(
+                name=name, installed=", ".join(sorted(backends)) or "none"
+            )
+            raise MissingBackendError(msg)
+        return backends[name]
+
+
+@cache
+def get_registry() -> Registry:
+    return Registry(get_manager())
+
+
+def distributions() -> dict[str, str]:
+    """Entry-point name -> distribution, for the plugins loaded so far."""
+    get_manager()
+    return dict(_DISTRIBUTIONS)

@@ -1,0 +1,376 @@
+"""Element-wise primitives: arithmetic, comparisons, logic and activations."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, ClassVar
+
+from mithril_core.logical import types as ty
+from mithril_core.logical.connection import NOVALUE, IOKey
+from mithril_core.logical.model import Primitive
+from mithril_core.primitives import _rules as r
+
+_NUMERIC = ty.TENSORS | ty.SCALARS
+
+
+class _Binary(Primitive):
+    """Broadcasting binary op on tensors or scalars: ``output = left <op> right``."""
+
+    fold: ClassVar[Any] = None
+
+    def __init__(
+        self, name: str | None = None, left: Any = NOVALUE, right: Any = NOVALUE
+    ) -> None:
+        super().__init__(
+            name=name,
+            left=IOKey(type=_NUMERIC) if left is NOVALUE else left,
+            right=IOKey(type=_NUMERIC) if right is NOVALUE else right,
+            output=IOKey(type=_NUMERIC),
+        )
+
+
+def _binary_rules(fold: Any, *, true_divide: bool = False) -> tuple[r.RuleFn, ...]:
+    return (
+        r.broadcast("left", "right"),
+        r.promote_types("left", "right", true_divide=true_divide),
+        r.fold_scalars(fold, "left", "right"),
+    )
+
+
+class Add(_Binary):
+    """``left + right`` with broadcasting."""
+
+    op_name = "add"
+    rules = _binary_rules(operator.add)
+
+
+class Subtract(_Binary):
+    """``left - right`` with broadcasting."""
+
+    op_name = "subtract"
+    rules = _binary_rules(operator.sub)
+
+
+class Multiply(_Binary):
+    """``left * right`` with broadcasting."""
+
+    op_name = "multiply"
+    rules = _binary_rules(operator.mul)
+
+
+class Divide(_Binary):
+    """True division ``left / right`` with broadcasting (always float)."""
+
+    op_name = "divide"
+    rules = _binary_rules(operator.truediv, true_divide=True)
+
+
+class FloorDivide(_Binary):
+    """Floor division ``left // right`` with broadcasting."""
+
+    op_name = "floor_divide"
+    rules = _binary_rules(operator.floordiv)
+
+
+class Minimum(_Binary):
+    """Element-wise minimum."""
+
+    op_name = "minimum"
+    rules = _binary_rules(min)
+
+
+class Maximum(_Binary):
+    """Element-wise maximum."""
+
+    op_name = "maximum"
+    rules = _binary_rules(max)
+
+
+class Power(Primitive):
+    """``base ** exponent`` with broadcasting."""
+
+    op_name = "power"
+    rules = (
+        r.broadcast("base", "exponent"),
+        r.promote_types("base", "exponent"),
+        r.fold_scalars(operator.pow, "base", "exponent"),
+    )
+
+    def __init__(
+        self, name: str | None = None, base: Any = NOVALUE, exponent: Any = NOVALUE
+    ) -> None:
+        super().__init__(
+            name=name,
+            base=IOKey(type=_NUMERIC) if base is NOVALUE else base,
+            exponent=IOKey(type=_NUMERIC) if exponent is NOVALUE else exponent,
+            output=IOKey(type=_NUMERIC),
+        )
+
+
+class _Compare(_Binary):
+    rules: ClassVar[tuple[r.RuleFn, ...]] = ()
+
+
+def _compare_rules(fold: Any) -> tuple[r.RuleFn, ...]:
+    return (
+        r.broadcast("left", "right"),
+        r.tensor_if_any(ty.BOOL, "left", "right"),
+        r.fold_scalars(fold, "left", "right"),
+    )
+
+
+class Greater(_Compare):
+    """``left > right`` (bool)."""
+
+    op_name = "greater"
+    rules = _compare_rules(operator.gt)
+
+
+class GreaterEqual(_Compare):
+    """``left >= right`` (bool)."""
+
+    op_name = "greater_equal"
+    rules = _compare_rules(operator.ge)
+
+
+class Less(_Compare):
+    """``left < right`` (bool)."""
+
+    op_name = "less"
+    rules = _compare_rules(operator.lt)
+
+
+class LessEqual(_Compare):
+    """``left <= right`` (bool)."""
+
+    op_name = "less_equal"
+    rules = _compare_rules(operator.le)
+
+
+class Equal(_Compare):
+    """``left == right`` element-wise (bool)."""
+
+    op_name = "equal"
+    rules = _compare_rules(operator.eq)
+
+
+class NotEqual(_Compare):
+    """``left != right`` element-wise (bool)."""
+
+    op_name = "not_equal"
+    rules = _compare_rules(operator.ne)
+
+
+class LogicalAnd(_Compare):
+    """Element-wise logical and (bool)."""
+
+    op_name = "logical_and"
+    rules = _compare_rules(lambda a, b: bool(a and b))
+
+
+class LogicalOr(_Compare):
+    """Element-wise logical or (bool)."""
+
+    op_name = "logical_or"
+    rules = _compare_rules(lambda a, b: bool(a or b))
+
+
+class LogicalXor(_Compare):
+    """Element-wise logical xor (bool)."""
+
+    op_name = "logical_xor"
+    rules = _compare_rules(lambda a, b: bool(a) != bool(b))
+
+
+class _Unary(Primitive):
+    """``output = f(input)`` element-wise, same shape."""
+
+    def __init__(self, name: str | None = None, input: Any = NOVALUE) -> None:  # noqa: A002
+        super().__init__(
+            name=name,
+            input=IOKey(shape=[("V", ...)], type=_NUMERIC) if input is NOVALUE else input,
+            output=IOKey(shape=[("V", ...)], type=_NUMERIC),
+        )
+
+
+_SAME = (r.same_type(),)
+_FLOAT = (r.kind_type(ty.FLOAT),)
+
+
+class Negate(_Unary):
+    """``-input``."""
+
+    op_name = "negate"
+    rules = (*_SAME, r.fold_scalars(operator.neg, "input"))
+
+
+class Absolute(_Unary):
+    """``|input|``."""
+
+    op_name = "absolute"
+    rules = (*_SAME, r.fold_scalars(abs, "input"))
+
+
+class Exponential(_Unary):
+    """``e ** input``."""
+
+    op_name = "exponential"
+    rules = (*_FLOAT, r.fold_scalars(math.exp, "input"))
+
+
+class Log(_Unary):
+    """Natural logarithm."""
+
+    op_name = "log"
+    rules = (*_FLOAT, r.fold_scalars(math.log, "input"))
+
+
+class Sqrt(_Unary):
+    """Square root."""
+
+    op_name = "sqrt"
+    rules = (*_FLOAT, r.fold_scalars(math.sqrt, "input"))
+
+
+class Sine(_Unary):
+    """Sine."""
+
+    op_name = "sine"
+    rules = (*_FLOAT, r.fold_scalars(math.sin, "input"))
+
+
+class Cosine(_Unary):
+    """Cosine."""
+
+    op_name = "cosine"
+    rules = (*_FLOAT, r.fold_scalars(math.cos, "input"))
+
+
+class Relu(_Unary):
+    """``max(input, 0)``."""
+
+    op_name = "relu"
+    rules = _SAME
+
+
+class Sigmoid(_Unary):
+    """``1 / (1 + e ** -input)``."""
+
+    op_name = "sigmoid"
+    rules = _FLOAT
+
+
+class Tanh(_Unary):
+    """Hyperbolic tangent."""
+
+    op_name = "tanh"
+    rules = _FLOAT
+
+
+class Softplus(_Unary):
+    """``log(1 + e ** input)``, computed stably."""
+
+    op_name = "softplus"
+    rules = _FLOAT
+
+
+class SiLU(_Unary):
+    """``input * sigmoid(input)`` (swish)."""
+
+    op_name = "silu"
+    rules = _FLOAT
+
+
+class StopGradient(_Unary):
+    """Identity whose gradient is zero."""
+
+    op_name = "stop_gradient"
+    rules = _SAME
+
+
+class LogicalNot(Primitive):
+    """Element-wise logical not (bool)."""
+
+    op_name = "logical_not"
+    rules = (r.kind_type(ty.BOOL),)
+
+    def __init__(self, name: str | None = None, input: Any = NOVALUE) -> None:  # noqa: A002
+        super().__init__(
+            name=name,
+            input=IOKey(shape=[("V", ...)]) if input is NOVALUE else input,
+            output=IOKey(shape=[("V", ...)], type=ty.TENSORS | {ty.BOOL}),
+        )
+
+
+class LeakyRelu(Primitive):
+    """``input if input > 0 else slope * input``."""
+
+    op_name = "leaky_relu"
+    rules = (r.kind_type(ty.FLOAT),)
+
+    def __init__(self, slope: float = 0.01, name: str | None = None) -> None:
+        super().__init__(
+            name=name,
+            input=IOKey(shape=[("V", ...)], type=_NUMERIC),
+            slope=slope,
+            output=IOKey(shape=[("V", ...)]),
+        )
+
+
+class Gelu(Primitive):
+    """Gaussian error linear unit; exact (erf) unless ``approximate=True`` (tanh)."""
+
+    op_name = "gelu"
+    rules = (r.kind_type(ty.FLOAT),)
+
+    def __init__(self, approximate: bool = False, name: str | None = None) -> None:
+        super().__init__(
+            name=name,
+            input=IOKey(shape=[("V", ...)], type=_NUMERIC),
+            approximate=approximate,
+            output=IOKey(shape=[("V", ...)]),
+        )
+
+
+class Where(Primitive):
+    """``input1 if condition else input2``, broadcasting all three."""
+
+    op_name = "where"
+    rules = (
+        r.broadcast("condition", "input1", "input2"),
+        r.promote_types("input1", "input2"),
+    )
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(
+            name=name,
+            condition=IOKey(type=ty.Tensor[bool] | {ty.BOOL}),
+            input1=IOKey(type=_NUMERIC),
+            input2=IOKey(type=_NUMERIC),
+            output=IOKey(type=ty.TENSORS),
+        )
+
+
+def _cast_type(rule: Any) -> bool:
+    dtype = rule.conn("dtype").value
+    if dtype is NOVALUE:
+        return False
+    kind = "bool" if dtype == "bool" else "float" if "float" in dtype else "int"
+    rule.conn("output").restrict_type(ty.as_tensor_kind(rule.conn("input").types, kind))
+    return True
+
+
+class Cast(Primitive):
+    """Convert ``input`` to ``dtype`` (a dtype such as ``ml.float16`` or its name)."""
+
+    op_name = "cast"
+    rules = (_cast_type,)
+
+    def __init__(self, dtype: Any = NOVALUE, name: str | None = None) -> None:
+        super().__init__(
+            name=name,
+            input=IOKey(shape=[("V", ...)], type=ty.TENSORS),
+            dtype=IOKey(type=str) if dtype is NOVALUE else dtype,
+            output=IOKey(shape=[("V", ...)], type=ty.TENSORS),
+        )

@@ -1,0 +1,18 @@
+"""JAX lowerings of every core primitive: ``LOWERINGS = {op_name: forward}``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mithril_jax.lowerings import elementwise, linalg, nn, reduction, shape
+
+LOWERINGS: dict[str, Callable[..., Any]] = {
+    **elementwise.LOWERINGS,
+    **reduction.LOWERINGS,
+    **shape.LOWERINGS,
+    **linalg.LOWERINGS,
+    **nn.LOWERINGS,
+}
+
+__all__ = ["LOWERINGS"]
