@@ -15,11 +15,11 @@ class MithrilTypeError(MithrilError, TypeError):
     """A value's type (tensor dtype kind or Python type) contradicts what is required."""
 
 
-class ConnectionError_(MithrilError, ValueError):  # noqa: N801 - avoid builtin name clash
+class ModelConnectionError(MithrilError, ValueError):
     """A model is connected in a way that cannot work (two producers, unknown key...)."""
 
 
-class KeyError_(MithrilError, KeyError):  # noqa: N801 - avoid builtin name clash
+class InputKeyError(MithrilError, KeyError):
     """A key given to compile/evaluate is missing or unexpected."""
 
     def __str__(self) -> str:

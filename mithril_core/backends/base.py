@@ -149,6 +149,22 @@ class Backend(ABC):
         ``program.forward_backward``.
         """
 
+    def build_program(
+        self,
+        graph: Any,
+        lowerings: Mapping[str, Any],
+        *,
+        grad_keys: tuple[str, ...],
+        differentiable_outputs: tuple[str, ...],
+        inference: bool,
+        file_path: str | None,
+    ) -> Program | None:
+        """Generate this backend's own code for the flat graph, or return ``None`` to use
+        the generated Python (the default). Backends that compile another language (C)
+        override this; ``graph`` is a :class:`mithril_core.physical.flat.FlatGraph`
+        after all passes, ``lowerings`` this backend's merged lowering table."""
+        return None
+
     def scalar(self, value: Any, dtype_name: str) -> Any:
         """Convert a folded compile-time constant array to a backend array."""
         return self.array(np.asarray(value), dtype=dtype_name)

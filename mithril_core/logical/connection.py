@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mithril_core.errors import ConnectionError_, MithrilTypeError, ShapeError
+from mithril_core.errors import ModelConnectionError, MithrilTypeError, ShapeError
 from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 
@@ -416,7 +416,7 @@ def merge(child: Connection, target: Connection, context: str) -> Connection:
             f"the output of {b.producer.path() or b.producer.name}. A connection has one "
             "producer; give one of them another name."
         )
-        raise ConnectionError_(msg)
+        raise ModelConnectionError(msg)
     a_shape, b_shape = repr(a.shape_node), repr(b.shape_node)
     try:
         sh.unify(a.shape_node, b.shape_node)
@@ -442,7 +442,7 @@ def merge(child: Connection, target: Connection, context: str) -> Connection:
                 f"{context}: value {a.value!r} conflicts with {b.value!r} from "
                 f"{target.display_name()}"
             )
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
     a.parent = b
     changed = new_types != b.types or (b.value is NOVALUE and a.value is not NOVALUE)
     b.types = new_types

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mithril_core.errors import ConnectionError_, MithrilError, ShapeError
+from mithril_core.errors import ModelConnectionError, MithrilError, ShapeError
 from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import (
@@ -98,7 +98,7 @@ class BaseModel:
         self._ensure_built()
         if self._parent is not None:
             msg = f"{self.path()} is already part of a model; create a new instance."
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
         bindings: dict[str, Any] = {}
         if args:
             names = self.input_names()
@@ -107,12 +107,12 @@ class BaseModel:
                     f"{self.path()}: {len(args)} positional connections given, but its "
                     f"inputs are {names}."
                 )
-                raise ConnectionError_(msg)
+                raise ModelConnectionError(msg)
             bindings.update(zip(names, args, strict=False))
         for key, value in kwargs.items():
             if key in bindings:
                 msg = f"{self.path()}: terminal {key!r} given twice."
-                raise ConnectionError_(msg)
+                raise ModelConnectionError(msg)
             bindings[key] = value
         for key in bindings:
             if key not in self.terminal_names():
@@ -120,7 +120,7 @@ class BaseModel:
                     f"{self.path()}: has no terminal {key!r}; its terminals are "
                     f"{self.terminal_names()}."
                 )
-                raise ConnectionError_(msg)
+                raise ModelConnectionError(msg)
         self._pending = bindings
         self._pending_source = user_source_line()
         return self.cout
@@ -192,7 +192,7 @@ class Primitive(BaseModel):
                 f"{self.path()}: has no terminal {name!r}; its terminals are "
                 f"{list(self._terminals)}."
             )
-            raise ConnectionError_(msg) from None
+            raise ModelConnectionError(msg) from None
 
     def terminal_names(self) -> list[str]:
         return list(self._terminals)
@@ -266,7 +266,7 @@ class Model(BaseModel):
                     f"{self.path()}: {other.display_name()} is not the result of a call; "
                     "add a model or the result of calling one."
                 )
-                raise ConnectionError_(msg)
+                raise ModelConnectionError(msg)
             other = owner
         if not isinstance(other, BaseModel):
             msg = f"{self.path()}: cannot add {other!r}; add a model or a call result."
@@ -277,10 +277,10 @@ class Model(BaseModel):
         child._ensure_built()
         if child._parent is not None:
             msg = f"{child.path()} is already part of a model; create a new instance."
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
         if child is self or _is_ancestor(child, self):
             msg = f"{self.path()}: cannot add a model to itself."
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
         source = getattr(child, "_pending_source", None) or user_source_line()
         all_bindings: dict[str, Any] = dict(child._implicit)
         all_bindings.update(bindings)
@@ -310,7 +310,7 @@ class Model(BaseModel):
         if child.name is not None:
             if child.name in taken:
                 msg = f"{self.path()}: a child named {child.name!r} already exists."
-                raise ConnectionError_(msg)
+                raise ModelConnectionError(msg)
             return child.name
         base = snake_case(type(child).__name__)
         index = self._class_counts.get(base, 0)
@@ -351,7 +351,7 @@ class Model(BaseModel):
             conn.set_value(_normalize_constant(value))
         except (sh.ShapeConflict, TypeError) as exc:
             msg = f"{self.path()}: cannot bind {term}={value!r}: {exc}"
-            raise ConnectionError_(msg) from exc
+            raise ModelConnectionError(msg) from exc
         return conn
 
     def _named(self, name: str) -> Connection:
@@ -385,7 +385,7 @@ class Model(BaseModel):
             if isinstance(conn, IOKey):
                 return self._register_iokey(conn)
             msg = f"{self.path()}: connection {conn!r} belongs to no model."
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
         top = conn.model.root_model()
         if top is not self.root_model():
             if top._pending is None:
@@ -394,14 +394,14 @@ class Model(BaseModel):
                     f"{top.path()}, which is not part of {self.path()}. Call that model "
                     "(or add it) before using its connections."
                 )
-                raise ConnectionError_(msg)
+                raise ModelConnectionError(msg)
             self._add(top, top._pending, chain=False)
         elif not _is_ancestor(self, conn.model) and conn.model is not self:
             msg = (
                 f"{self.path()}: {conn.display_name()} belongs to "
                 f"{conn.model.path()}, outside {self.path()}."
             )
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
         return conn
 
     # -- terminals ---------------------------------------------------------------------
@@ -412,7 +412,7 @@ class Model(BaseModel):
                 f"{self.path()}: has no connection {name!r}; its connections are "
                 f"{list(self._conns)}."
             )
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
         return conn
 
     def terminal_names(self) -> list[str]:
@@ -436,7 +436,7 @@ class Model(BaseModel):
             return conn
         if self._cin is None:
             msg = f"{self.path()}: has no canonical input yet (add a model first)."
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
         return self._cin
 
     @property
@@ -447,7 +447,7 @@ class Model(BaseModel):
             return conn
         if self._cout is None:
             msg = f"{self.path()}: has no canonical output yet (add a model first)."
-            raise ConnectionError_(msg)
+            raise ModelConnectionError(msg)
         return self._cout
 
     def cin_name(self) -> str | None:

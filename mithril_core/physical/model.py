@@ -18,7 +18,7 @@ from mithril_core.codegen.python import PythonCodegen
 from mithril_core.errors import (
     CompileError,
     DtypeError,
-    KeyError_,
+    InputKeyError,
     MissingLoweringError,
     ShapeError,
 )
@@ -84,7 +84,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
                 f"{top.path()}: unknown key {key!r} given to compile; known keys: "
                 f"{', '.join(sorted(k for k in by_name if not _internal(by_name[k])))}."
             )
-            raise KeyError_(msg)
+            raise InputKeyError(msg)
     for key, shape in (shapes or {}).items():
         _apply_shape(by_name[key], key, list(shape))
     for key, value in constants.items():
@@ -131,40 +131,29 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         if key not in trainable_set and key not in data:
             data.add(key)
     grad_keys = tuple(k for k in input_keys if k in trainable_set)
+    for key in grad_keys:  # parameters are float tensors
+        graph.inputs[key].conn.find().restrict_type(frozenset({ty.TENSOR_FLOAT}))
     for k in input_keys:
         if k in data and graph.inputs[k].conn.differentiable:
             grad_keys += (k,)
 
-    codegen = PythonCodegen(
-        graph,
-        lowerings,
-        with_vjp=not backend.has_autograd,
-        convert_constant=lambda value: _to_backend(value, backend),
-    )
-    source = codegen.forward_source()
     differentiable_outputs = tuple(
         k for k, v in graph.outputs.items() if ty.TENSOR_FLOAT in v.types
     )
-    if not backend.has_autograd and not inference:
-        source += "\n\n" + codegen.backward_source(
-            grad_keys, differentiable_outputs, "forward_backward"
-        )
-    filename = _write_source(source, file_path)
-    namespace = codegen.namespace
-    exec(compile_source(source, filename, "exec"), namespace)  # noqa: S102 - our generated code
-    forward = namespace["forward"]
-    forward_backward = None
-    if not backend.has_autograd and not inference:
-        forward_backward = _BackwardCache(codegen, grad_keys, filename, namespace)
-    program = Program(
-        forward=forward,
-        forward_backward=forward_backward,
-        input_keys=input_keys,
-        output_keys=tuple(graph.outputs),
+    native = backend.build_program(
+        graph,
+        lowerings,
         grad_keys=grad_keys,
         differentiable_outputs=differentiable_outputs,
-        source=source,
+        inference=inference,
+        file_path=file_path,
     )
+    if native is not None:
+        program = native
+    else:
+        program = _python_program(
+            graph, lowerings, backend, grad_keys, differentiable_outputs, inference, file_path
+        )
     evaluator = backend.build_evaluator(program, jit=jit and backend.supports_jit)
     timer.done("codegen")
     from mithril_core.physical.physical_model import PhysicalModel
@@ -177,9 +166,47 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         evaluator=evaluator,
         trainable_keys=tuple(k for k in input_keys if k in trainable_set),
         data_keys=tuple(k for k in input_keys if k in data),
-        file_path=filename if file_path else None,
+        file_path=os.path.abspath(file_path) if file_path else None,
         inference=inference,
         all_connections=by_name,
+    )
+
+
+def _python_program(
+    graph: flat.FlatGraph,
+    lowerings: Mapping[str, Any],
+    backend: Backend,
+    grad_keys: tuple[str, ...],
+    differentiable_outputs: tuple[str, ...],
+    inference: bool,
+    file_path: str | None,
+) -> Program:
+    input_keys = tuple(graph.inputs)
+    codegen = PythonCodegen(
+        graph,
+        lowerings,
+        with_vjp=not backend.has_autograd,
+        convert_constant=lambda value: _to_backend(value, backend),
+    )
+    source = codegen.forward_source()
+    if not backend.has_autograd and not inference:
+        source += "\n\n" + codegen.backward_source(
+            grad_keys, differentiable_outputs, "forward_backward"
+        )
+    filename = _write_source(source, file_path)
+    namespace = codegen.namespace
+    exec(compile_source(source, filename, "exec"), namespace)  # noqa: S102 - our code
+    forward_backward = None
+    if not backend.has_autograd and not inference:
+        forward_backward = _BackwardCache(codegen, grad_keys, filename, namespace)
+    return Program(
+        forward=namespace["forward"],
+        forward_backward=forward_backward,
+        input_keys=input_keys,
+        output_keys=tuple(graph.outputs),
+        grad_keys=grad_keys,
+        differentiable_outputs=differentiable_outputs,
+        source=source,
     )
 
 
@@ -339,7 +366,7 @@ def _outputs(
     unknown = discard - {names[id(c.find())] for c in _all_connections(model)}
     if unknown:
         msg = f"{model.path()}: discard_keys {sorted(unknown)} are not keys of the model."
-        raise KeyError_(msg)
+        raise InputKeyError(msg)
     return outputs
 
 

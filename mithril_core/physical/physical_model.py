@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mithril_core.backends.base import Backend, Evaluator, Program
-from mithril_core.errors import DtypeError, KeyError_, ShapeError
+from mithril_core.errors import DtypeError, InputKeyError, ShapeError
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import Connection
 from mithril_core.logical.model import Model
@@ -139,7 +139,7 @@ class PhysicalModel:
                     f"differentiable outputs; expected a subset of "
                     f"{list(self.program.differentiable_outputs)}."
                 )
-                raise KeyError_(msg)
+                raise InputKeyError(msg)
             outputs, grads = self._evaluator(inputs, output_gradients)
             assert grads is not None
             for key, grad in grads.items():
@@ -164,7 +164,7 @@ class PhysicalModel:
                 f"{list(expected)} (params: {list(self.trainable_keys)}, data: "
                 f"{list(self.data_keys)})."
             )
-            raise KeyError_(msg)
+            raise InputKeyError(msg)
         info = self.backend.array_info
         for key, value in inputs.items():
             shape, types = expected[key]

@@ -1,0 +1,32 @@
+"""Hook implementations: the operator and its lowerings for every core backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mithril_core.hookspecs import hookimpl
+
+
+@hookimpl
+def mithril_operators() -> Sequence[type]:
+    from example_ops.primitives import Softsign
+
+    return [Softsign]
+
+
+def _softsign(x: Any) -> Any:
+    return x / (1 + abs(x))
+
+
+def _softsign_vjp(output_grad: Any, output: Any, input: Any) -> tuple[Any]:  # noqa: A002
+    return (output_grad / (1 + abs(input)) ** 2,)
+
+
+@hookimpl
+def mithril_lowerings(backend: str) -> Mapping[str, Any] | None:
+    if backend == "numpy":
+        return {"example_ops.softsign": (_softsign, _softsign_vjp)}
+    if backend in ("torch", "jax", "mlx"):
+        return {"example_ops.softsign": _softsign}
+    return None
