@@ -419,11 +419,20 @@ class Model(BaseModel):
         return list(self._conns)
 
     def input_names(self) -> list[str]:
-        return [
+        """Inputs in positional-call order: the canonical input first."""
+        names = [
             name
             for name, conn in self._conns.items()
             if (root := conn.find()).producer is None and root.value is NOVALUE
         ]
+        if "input" in names:
+            names.remove("input")
+            names.insert(0, "input")
+        elif self._cin is not None:
+            cin = self._cin.find()
+            first = [n for n in names if self._conns[n].find() is cin]
+            names = first + [n for n in names if n not in first]
+        return names
 
     def output_names(self) -> list[str]:
         return [n for n in self._exposed if not n.startswith("__unnamed_")]

@@ -44,13 +44,17 @@ class PhysicalModel:
         self.file_path = file_path
         self.inference = inference
         self._connections = all_connections
-        self._expected: dict[str, tuple[tuple[int | None, ...] | None, frozenset[str]]] = {}
+        # Per tensor input: key, rank, exact shape, fixed (axis, size) pairs, dtype names.
+        self._expected_keys = frozenset(graph.inputs)
+        self._checks: list[tuple[Any, ...]] = []
         for key, value in graph.inputs.items():
+            if not value.types <= ty.TENSORS:
+                continue
             shape = value.shape()
-            self._expected[key] = (
-                tuple(shape) if shape is not None else None,
-                value.types,
-            )
+            fixed = tuple((i, d) for i, d in enumerate(shape or ()) if d is not None)
+            exact = tuple(shape) if shape is not None and None not in shape else None
+            rank = None if shape is None else len(shape)
+            self._checks.append((key, rank, exact, fixed, self._dtypes(value.types)))
 
     # -- introspection -----------------------------------------------------------------
     @property
@@ -149,54 +153,71 @@ class PhysicalModel:
         outputs, _ = self._evaluator(inputs, None)
         return outputs
 
+    def _dtypes(self, types: frozenset[str]) -> frozenset[str]:
+        names: set[str] = set()
+        if ty.TENSOR_FLOAT in types:
+            names.add(self.backend.dtype.name)
+        if ty.TENSOR_INT in types:
+            names.update({"int8", "int16", "int32", "int64", "uint8"})
+        if ty.TENSOR_BOOL in types:
+            names.add("bool")
+        return frozenset(names)
+
     def _check_inputs(self, inputs: dict[str, Any]) -> None:
-        expected = self._expected
-        if len(inputs) != len(expected) or not expected.keys() == inputs.keys():
-            missing = [k for k in expected if k not in inputs]
-            extra = [k for k in inputs if k not in expected]
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing}")
-            if extra:
-                parts.append(f"unexpected keys {extra}")
-            msg = (
-                "evaluate(): " + " and ".join(parts) + f". Expected exactly "
-                f"{list(expected)} (params: {list(self.trainable_keys)}, data: "
-                f"{list(self.data_keys)})."
-            )
-            raise InputKeyError(msg)
+        if inputs.keys() != self._expected_keys:
+            self._raise_keys(inputs)
         info = self.backend.array_info
-        for key, value in inputs.items():
-            shape, types = expected[key]
-            if not types & ty.TENSORS or not types <= ty.TENSORS:
-                continue
-            found = info(value)
+        for key, rank, exact, fixed, dtypes in self._checks:
+            found = info(inputs[key])
             if found is None:
                 msg = (
                     f"{key}: expected a {self.backend.name} array, got "
-                    f"{type(value).__name__}. Use backend.array(...)."
+                    f"{type(inputs[key]).__name__}. Use backend.array(...)."
                 )
                 raise DtypeError(msg)
-            given_shape, dtype = found
-            if shape is not None:
-                if len(given_shape) != len(shape) or any(
-                    e is not None and e != g for e, g in zip(shape, given_shape, strict=False)
-                ):
-                    msg = (
-                        f"{key}: expected shape {list(shape)}, got {list(given_shape)}. "
-                        "Nothing is broadcast silently."
-                    )
-                    raise ShapeError(msg)
-            kind = _dtype_kind(dtype)
-            if f"Tensor[{kind}]" not in types:
-                msg = f"{key}: expected a {ty.format_type(types)} array, got dtype {dtype}."
-                raise DtypeError(msg)
-            if kind == "float" and dtype != self.backend.dtype.name:
+            shape, dtype = found
+            if exact is not None:
+                bad_shape = shape != exact
+            elif rank is not None:
+                bad_shape = len(shape) != rank or any(shape[i] != d for i, d in fixed)
+            else:
+                bad_shape = False
+            if bad_shape:
+                expected = self.graph.inputs[key].shape()
                 msg = (
-                    f"{key}: expected dtype {self.backend.dtype.name}, got {dtype}. "
-                    "Convert it with backend.array(...); nothing is cast silently."
+                    f"{key}: expected shape {expected}, got {list(shape)}. "
+                    "Nothing is broadcast silently."
                 )
-                raise DtypeError(msg)
+                raise ShapeError(msg)
+            if dtype not in dtypes:
+                self._raise_dtype(key, dtype)
+
+    def _raise_keys(self, inputs: dict[str, Any]) -> None:
+        missing = [k for k in self.graph.inputs if k not in inputs]
+        extra = [k for k in inputs if k not in self._expected_keys]
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if extra:
+            parts.append(f"unexpected keys {extra}")
+        msg = (
+            "evaluate(): " + " and ".join(parts) + f". Expected exactly "
+            f"{list(self.graph.inputs)} (params: {list(self.trainable_keys)}, data: "
+            f"{list(self.data_keys)})."
+        )
+        raise InputKeyError(msg)
+
+    def _raise_dtype(self, key: str, dtype: str) -> None:
+        types = self.graph.inputs[key].types
+        kind = _dtype_kind(dtype)
+        if f"Tensor[{kind}]" not in types:
+            msg = f"{key}: expected a {ty.format_type(types)} array, got dtype {dtype}."
+        else:
+            msg = (
+                f"{key}: expected dtype {self.backend.dtype.name}, got {dtype}. "
+                "Convert it with backend.array(...); nothing is cast silently."
+            )
+        raise DtypeError(msg)
 
     def __repr__(self) -> str:
         return (
