@@ -184,6 +184,13 @@ class Primitive(BaseModel):
             sh.schedule(sh.Rule(fn, self._terminals, self))
         solve()
 
+    def forwarded_input(self, constants: dict[str, Any]) -> str | None:
+        """Name of the input the output equals, given the constant inputs, or ``None``.
+
+        Compile removes such calls (``Buffer``, ``Dropout`` in inference ...).
+        """
+        return None
+
     def terminal(self, name: str) -> Connection:
         try:
             return self._terminals[name]
@@ -247,6 +254,7 @@ class Model(BaseModel):
         self._class_counts: dict[str, int] = {}
         self._cin: Connection | None = None
         self._cout: Connection | None = None
+        self._states: list[tuple[str, float, Connection | None]] = []
 
     # -- composition -------------------------------------------------------------------
     def __ior__(self, other: BaseModel | Connection) -> Model:
@@ -404,6 +412,17 @@ class Model(BaseModel):
             raise ModelConnectionError(msg)
         return conn
 
+    def add_state(self, name: str, init: float, updated: Connection | None = None) -> None:
+        """Declare the input ``name`` as state (e.g. BatchNorm running statistics).
+
+        State is supplied with the params, initialised to ``init`` by
+        ``randomize_params``, never trained; when compiled for training, ``updated`` is
+        returned as the extra output ``"<state key>_updated"``.
+        """
+        conn = self.terminal(name)
+        conn.find().differentiable = False
+        self._states.append((name, init, updated))
+
     # -- terminals ---------------------------------------------------------------------
     def terminal(self, name: str) -> Connection:
         conn = self._conns.get(name)
@@ -536,6 +555,7 @@ class Operator(Model):
         self._exposed = inner._exposed
         self._class_counts = inner._class_counts
         self._cin, self._cout = inner._cin, inner._cout
+        self._states = inner._states
         self._implicit.update(inner._implicit)
         for conn in self._conns.values():
             root = conn.find()

@@ -159,6 +159,7 @@ def topological_order(graph: FlatGraph) -> None:
 
 
 def remove_buffers(graph: FlatGraph) -> None:
+    """Drop identities (Buffer, Dropout in inference ...): consumers read the input."""
     alias: dict[int, Value] = {}
 
     def resolve(value: Value) -> Value:
@@ -169,8 +170,14 @@ def remove_buffers(graph: FlatGraph) -> None:
     kept = []
     for node in graph.nodes:
         node.inputs = [resolve(v) for v in node.inputs]
-        if node.op == "buffer":
-            alias[id(node.output)] = node.inputs[0]
+        constants = {
+            name: v.constant
+            for name, v in zip(node.primitive._inputs, node.inputs, strict=True)
+            if v.is_constant
+        }
+        forwarded = node.primitive.forwarded_input(constants)
+        if forwarded is not None:
+            alias[id(node.output)] = node.inputs[node.primitive._inputs.index(forwarded)]
         else:
             kept.append(node)
     graph.nodes = kept

@@ -85,6 +85,11 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
                 f"{', '.join(sorted(k for k in by_name if not _internal(by_name[k])))}."
             )
             raise InputKeyError(msg)
+    for primitive, _ in top.primitives():
+        flag = primitive._terminals.get("inference")
+        if flag is not None and flag.find().value is NOVALUE:
+            flag.set_value(inference)
+    states = _collect_states(top, names)
     for key, shape in (shapes or {}).items():
         _apply_shape(by_name[key], key, list(shape))
     for key, value in constants.items():
@@ -105,6 +110,10 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
 
     graph = flat.flatten(top, names)
     graph.outputs = _outputs(top, graph, names, set(discard_keys or ()))
+    if not inference:
+        for key, (_, updated) in states.items():
+            if updated is not None:
+                graph.outputs[f"{key}_updated"] = graph.values[id(updated.find())]
     flat.topological_order(graph)
     flat.remove_buffers(graph)
     flat.prune(graph)
@@ -123,12 +132,15 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         trainable_set = {
             k
             for k in float_inputs
-            if k not in data and graph.inputs[k].conn.differentiable is not False
+            if k not in data
+            and k not in states
+            and graph.inputs[k].conn.differentiable is not False
         }
     else:
         trainable_set = trainable
+    state_keys = tuple(k for k in input_keys if k in states)
     for key in input_keys:
-        if key not in trainable_set and key not in data:
+        if key not in trainable_set and key not in data and key not in states:
             data.add(key)
     grad_keys = tuple(k for k in input_keys if k in trainable_set)
     for key in grad_keys:  # parameters are float tensors
@@ -165,6 +177,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         program=program,
         evaluator=evaluator,
         trainable_keys=tuple(k for k in input_keys if k in trainable_set),
+        state_keys={k: states[k][0] for k in state_keys},
         data_keys=tuple(k for k in input_keys if k in data),
         file_path=os.path.abspath(file_path) if file_path else None,
         inference=inference,
@@ -299,6 +312,21 @@ def _all_connections(model: Model) -> list[Connection]:
             conns.extend(child._conns.values())
             stack.extend(child._children)
     return conns
+
+
+def _collect_states(
+    model: Model, names: dict[int, str]
+) -> dict[str, tuple[float, Connection | None]]:
+    states: dict[str, tuple[float, Connection | None]] = {}
+    stack: list[BaseModel] = [model]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, Model):
+            for name, init, updated in current._states:
+                key = names[id(current._conns[name].find())]
+                states[key] = (init, updated)
+            stack.extend(current._children)
+    return states
 
 
 def _internal(conn: Connection) -> bool:

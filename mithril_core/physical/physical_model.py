@@ -29,6 +29,7 @@ class PhysicalModel:
         program: Program,
         evaluator: Evaluator,
         trainable_keys: tuple[str, ...],
+        state_keys: dict[str, float],
         data_keys: tuple[str, ...],
         file_path: str | None,
         inference: bool,
@@ -40,6 +41,8 @@ class PhysicalModel:
         self.program = program
         self._evaluator = evaluator
         self.trainable_keys = trainable_keys
+        self.state_keys = tuple(state_keys)
+        self._state_init = state_keys
         self.data_keys = data_keys
         self.file_path = file_path
         self.inference = inference
@@ -92,7 +95,8 @@ class PhysicalModel:
 
     # -- parameters --------------------------------------------------------------------
     def randomize_params(self, seed: int = 0) -> dict[str, Any]:
-        """Random values for every trainable key, from one counter-based generator so the
+        """Random values for every trainable key (and the initial value of every state
+        key, e.g. running means 0 and variances 1), from one counter-based generator so the
         same seed gives the same numbers on every backend. Weights of rank >= 2 are
         uniform in ``±1/sqrt(fan_in)`` (PyTorch's Linear/Conv default), vectors likewise
         with the fan-in of their layer when known, else in ``±0.1``."""
@@ -108,6 +112,14 @@ class PhysicalModel:
             bound = 1.0 / np.sqrt(fan_in) if fan_in else 0.1
             values = generator.uniform(-bound, bound, size=tuple(shape))  # type: ignore[arg-type]
             params[key] = self.backend.array(values, dtype=self.backend.dtype)
+        for key, init in self._state_init.items():
+            shape = self.graph.inputs[key].shape()
+            if shape is None or None in shape:
+                unknown.append(f"{key}: {shape}")
+                continue
+            params[key] = self.backend.array(
+                np.full(tuple(shape), init), dtype=self.backend.dtype  # type: ignore[arg-type]
+            )
         if unknown:
             msg = (
                 "Cannot randomize parameters whose shapes are not known: "

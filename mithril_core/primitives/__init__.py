@@ -38,6 +38,7 @@ from mithril_core.primitives.elementwise import (
     Where,
 )
 from mithril_core.primitives.linalg import MatrixMultiply
+from mithril_core.primitives.state import DimFromValue, ModeSwitch
 from mithril_core.primitives.nn import LogSoftmax, Softmax
 from mithril_core.primitives.reduction import ArgMax, ArgMin, Max, Mean, Min, Sum, Variance
 from mithril_core.primitives.shape import (
@@ -63,6 +64,7 @@ CORE_PRIMITIVES = (
     Sine, Softplus, Sqrt, StopGradient, Subtract, Tanh, Where, MatrixMultiply, LogSoftmax,
     Softmax, ArgMax, ArgMin, Max, Mean, Min, Sum, Variance, Buffer, Concat, Expand,
     Flatten, Indexer, Reshape, Shape, Split, Squeeze, ToList, ToTuple, Transpose, Unsqueeze,
+    DimFromValue, ModeSwitch,
 )  # fmt: skip
 
 __all__ = [cls.__name__ for cls in CORE_PRIMITIVES] + ["CORE_PRIMITIVES"]

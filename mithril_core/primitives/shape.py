@@ -169,6 +169,9 @@ class Buffer(Primitive):
     op_name = "buffer"
     rules = (r.same_type(),)
 
+    def forwarded_input(self, constants: dict[str, Any]) -> str | None:
+        return "input"
+
     def __init__(self, name: str | None = None) -> None:
         super().__init__(
             name=name, input=IOKey(shape=[("V", ...)]), output=IOKey(shape=[("V", ...)])
