@@ -412,6 +412,17 @@ class Model(BaseModel):
             raise ModelConnectionError(msg)
         return conn
 
+    def symbolic(self, name: str, value: Any) -> Any:
+        """Accept a constructor argument that may be symbolic (a connection such as
+        ``x.shape[1]``): return a constant unchanged, or create the input ``name`` in
+        this model, bound to the connection when this model is added to a parent, and
+        return ``name`` for binding children to it."""
+        if not isinstance(value, Connection):
+            return value
+        self._named(name)
+        self._implicit[name] = value
+        return name
+
     def add_state(self, name: str, init: float, updated: Connection | None = None) -> None:
         """Declare the input ``name`` as state (e.g. BatchNorm running statistics).
 
