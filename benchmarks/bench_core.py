@@ -20,8 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import mithril_core as ml  # noqa: E402
 from _models import mlp, transformer_stack  # noqa: E402
+
+import mithril_core as ml  # noqa: E402
 
 BATCH, WIDTH = 64, 256
 
@@ -41,18 +42,28 @@ def compile_times():
     start = time.perf_counter()
     model = mlp(WIDTH, 3)
     built = time.perf_counter()
-    ml.compile(model, ml.NumpyBackend(), shapes={"input": [BATCH, WIDTH]}, data_keys={"input"})
-    print(f"mlp 3x{WIDTH}: build {built - start:.3f} s, compile {time.perf_counter() - built:.3f} s")
-    print(f"{'blocks':>6} {'build s':>8} {'compile s':>10} {'total s':>8} {'s/block':>8}")
+    ml.compile(
+        model, ml.NumpyBackend(), shapes={"input": [BATCH, WIDTH]}, data_keys={"input"}
+    )
+    print(
+        f"mlp 3x{WIDTH}: build {built - start:.3f} s, compile {time.perf_counter() - built:.3f} s"
+    )
+    print(
+        f"{'blocks':>6} {'build s':>8} {'compile s':>10} {'total s':>8} {'s/block':>8}"
+    )
     for n in (1, 2, 4, 8, 12, 24):
         gc.collect()
         start = time.perf_counter()
         model = transformer_stack(n)
         built = time.perf_counter()
-        ml.compile(model, ml.NumpyBackend(), shapes={"input": [2, 16, 64]}, data_keys={"input"})
+        ml.compile(
+            model, ml.NumpyBackend(), shapes={"input": [2, 16, 64]}, data_keys={"input"}
+        )
         done = time.perf_counter()
         total = done - start
-        print(f"{n:>6} {built - start:>8.3f} {done - built:>10.3f} {total:>8.3f} {total / n:>8.4f}")
+        print(
+            f"{n:>6} {built - start:>8.3f} {done - built:>10.3f} {total:>8.3f} {total / n:>8.4f}"
+        )
 
 
 def handwritten(params, x):
@@ -62,7 +73,11 @@ def handwritten(params, x):
 
 
 def handwritten_grad(params, x, g):
-    w0, w1, w2 = params["layer_0_weight"], params["layer_1_weight"], params["layer_2_weight"]
+    w0, w1, w2 = (
+        params["layer_0_weight"],
+        params["layer_1_weight"],
+        params["layer_2_weight"],
+    )
     z0 = x @ w0.T + params["layer_0_bias"]
     h0 = np.maximum(z0, 0)
     z1 = h0 @ w1.T + params["layer_1_bias"]
@@ -81,31 +96,41 @@ def handwritten_grad(params, x, g):
 def evaluate_times():
     print(f"\n== (b) NumPy evaluate, 3x{WIDTH} MLP, batch {BATCH} (float32)")
     backend = ml.NumpyBackend()
-    pm = ml.compile(mlp(WIDTH, 3), backend, shapes={"input": [BATCH, WIDTH]}, data_keys={"input"})
+    pm = ml.compile(
+        mlp(WIDTH, 3), backend, shapes={"input": [BATCH, WIDTH]}, data_keys={"input"}
+    )
     params = {k: v.astype(np.float32) for k, v in pm.randomize_params().items()}
     x = np.random.default_rng(0).standard_normal((BATCH, WIDTH)).astype(np.float32)
     g = np.ones((BATCH, WIDTH), np.float32)
     data = {"input": x}
     ours = best_of(lambda: pm.evaluate(params, data))
     ref = best_of(lambda: handwritten(params, x))
-    print(f"forward:        mithril {ours * 1e6:8.1f} us  hand-written {ref * 1e6:8.1f} us  ratio {ours / ref:.3f}")
+    print(
+        f"forward:        mithril {ours * 1e6:8.1f} us  hand-written {ref * 1e6:8.1f} us  ratio {ours / ref:.3f}"
+    )
     grads_in = {"output": g}
     ours_g = best_of(lambda: pm.evaluate(params, data, output_gradients=grads_in))
     ref_g = best_of(lambda: handwritten_grad(params, x, g))
-    print(f"with gradients: mithril {ours_g * 1e6:8.1f} us  hand-written {ref_g * 1e6:8.1f} us  ratio {ours_g / ref_g:.3f}")
+    print(
+        f"with gradients: mithril {ours_g * 1e6:8.1f} us  hand-written {ref_g * 1e6:8.1f} us  ratio {ours_g / ref_g:.3f}"
+    )
 
 
 def memory():
     print("\n== (c) peak memory (tracemalloc)")
     tracemalloc.start()
     model = transformer_stack(12)
-    pm = ml.compile(model, ml.NumpyBackend(), shapes={"input": [8, 128, 64]}, data_keys={"input"})
+    pm = ml.compile(
+        model, ml.NumpyBackend(), shapes={"input": [8, 128, 64]}, data_keys={"input"}
+    )
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"build + compile 12 blocks: peak {peak / 2**20:.1f} MiB")
 
     backend = ml.NumpyBackend()
-    pm = ml.compile(mlp(1024, 3), backend, shapes={"input": [512, 1024]}, data_keys={"input"})
+    pm = ml.compile(
+        mlp(1024, 3), backend, shapes={"input": [512, 1024]}, data_keys={"input"}
+    )
     params = pm.randomize_params()
     x = np.ones((512, 1024), np.float32)
     data = {"input": x}

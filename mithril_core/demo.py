@@ -46,7 +46,9 @@ def load_data(seed: int) -> tuple[np.ndarray, ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mithril_core demo")
-    parser.add_argument("--backend", default="numpy", help="numpy, torch, jax, mlx or c")
+    parser.add_argument(
+        "--backend", default="numpy", help="numpy, torch, jax, mlx or c"
+    )
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=64)
@@ -92,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "input": backend.array(x_train[idx]),
                 "target": backend.array(eye[y_train[idx]]),
             }
-            outputs, grads = train.evaluate(params, data, output_gradients={"loss": one})
+            outputs, grads = train.evaluate(
+                params, data, output_gradients={"loss": one}
+            )
             total += float(backend.to_numpy(outputs["loss"]))
             for key, grad in grads.items():
                 velocity[key] = args.momentum * velocity[key] + grad

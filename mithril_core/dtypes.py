@@ -29,7 +29,18 @@ bool_ = Dtype("bool", "bool")
 
 ALL_DTYPES: dict[str, Dtype] = {
     d.name: d
-    for d in (float16, bfloat16, float32, float64, int8, int16, int32, int64, uint8, bool_)
+    for d in (
+        float16,
+        bfloat16,
+        float32,
+        float64,
+        int8,
+        int16,
+        int32,
+        int64,
+        uint8,
+        bool_,
+    )
 }
 
 

@@ -44,7 +44,9 @@ def create_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
 
 
 def _load_entry_points(manager: pluggy.PluginManager) -> None:
-    disabled = {n for n in os.environ.get("MITHRIL_DISABLE_PLUGINS", "").split(",") if n}
+    disabled = {
+        n for n in os.environ.get("MITHRIL_DISABLE_PLUGINS", "").split(",") if n
+    }
     only = {n for n in os.environ.get("MITHRIL_PLUGINS", "").split(",") if n}
     for entry_point in metadata.entry_points(group=PROJECT):
         if entry_point.name in disabled or (only and entry_point.name not in only):
@@ -85,7 +87,9 @@ class Registry:
         self._operators: dict[str, type] | None = None
         self._lowerings: dict[str, dict[str, Any]] = {}
 
-    def _merge(self, results: list[tuple[str, Mapping[str, Any]]], what: str) -> dict[str, Any]:
+    def _merge(
+        self, results: list[tuple[str, Mapping[str, Any]]], what: str
+    ) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         owner: dict[str, str] = {}
         for plugin_name, mapping in results:
@@ -128,7 +132,9 @@ class Registry:
     def lowerings(self, backend: str) -> dict[str, Any]:
         table = self._lowerings.get(backend)
         if table is None:
-            table = self._merge(self._call("mithril_lowerings", backend=backend), "Lowering")
+            table = self._merge(
+                self._call("mithril_lowerings", backend=backend), "Lowering"
+            )
             self._lowerings[backend] = table
         return table
 

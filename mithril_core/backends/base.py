@@ -99,20 +99,28 @@ class Backend(ABC):
         """Return ``(shape, dtype name)`` if ``value`` is an array of this backend, else
         ``None``. Used to validate evaluate inputs."""
 
-    def zeros(self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None) -> Any:
+    def zeros(
+        self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None
+    ) -> Any:
         """Array of zeros."""
         return self.array(np.zeros(_shape(shape)), dtype=self._check_dtype(dtype))
 
-    def ones(self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None) -> Any:
+    def ones(
+        self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None
+    ) -> Any:
         """Array of ones."""
         return self.array(np.ones(_shape(shape)), dtype=self._check_dtype(dtype))
 
-    def randn(self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None) -> Any:
+    def randn(
+        self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None
+    ) -> Any:
         """Standard-normal samples from the backend's seeded generator."""
         values = self._rng().standard_normal(_shape(shape))
         return self.array(values, dtype=self._check_dtype(dtype))
 
-    def rand(self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None) -> Any:
+    def rand(
+        self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None
+    ) -> Any:
         """Uniform [0, 1) samples from the backend's seeded generator."""
         values = self._rng().random(_shape(shape))
         return self.array(values, dtype=self._check_dtype(dtype))
@@ -126,7 +134,9 @@ class Backend(ABC):
     ) -> Any:
         """Evenly spaced values as ``numpy.arange``; ints stay ints unless ``dtype``."""
         values = np.arange(start, stop, step) if stop is not None else np.arange(start)
-        return self.array(values, dtype=None if dtype is None else self._check_dtype(dtype))
+        return self.array(
+            values, dtype=None if dtype is None else self._check_dtype(dtype)
+        )
 
     def seed(self, seed: int) -> None:
         """Seed the generator behind ``randn`` and ``rand``."""

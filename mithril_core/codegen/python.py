@@ -148,13 +148,17 @@ class PythonCodegen:
         return lines
 
     def outputs_dict(self) -> str:
-        items = ", ".join(f"{k!r}: {self.expr(v)}" for k, v in self.graph.outputs.items())
+        items = ", ".join(
+            f"{k!r}: {self.expr(v)}" for k, v in self.graph.outputs.items()
+        )
         return "{" + items + "}"
 
     def forward_source(self) -> str:
         body = self.forward_lines(keep=set())
         body.append(f"return {self.outputs_dict()}")
-        return "def forward(inputs):\n" + "\n".join("    " + line for line in body) + "\n"
+        return (
+            "def forward(inputs):\n" + "\n".join("    " + line for line in body) + "\n"
+        )
 
     # -- forward + backward ------------------------------------------------------------
     def backward_source(
@@ -201,12 +205,14 @@ class PythonCodegen:
                 continue
             fname = _function_name(node.op)
             needs = tuple(id(v) in requires and not v.is_constant for v in node.inputs)
-            args = [out_grad, self.expr(node.output), *(self.expr(v) for v in node.inputs)]
+            args = [
+                out_grad,
+                self.expr(node.output),
+                *(self.expr(v) for v in node.inputs),
+            ]
             if self.vjp_takes_needs[fname]:
                 args.append(f"needs={needs!r}")
-            targets = [
-                (j, v) for j, v in enumerate(node.inputs) if needs[j]
-            ]
+            targets = [(j, v) for j, v in enumerate(node.inputs) if needs[j]]
             result = f"_vjp_{i}"
             lines.append(f"{result} = {fname}_vjp({', '.join(args)})")
             for j, v in targets:

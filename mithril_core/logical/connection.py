@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from mithril_core.errors import ModelConnectionError, MithrilTypeError, ShapeError
+from mithril_core.errors import MithrilTypeError, ModelConnectionError, ShapeError
 from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 
@@ -316,8 +316,12 @@ class Connection:
     def min(self, axis: Any = None, keepdim: bool = False) -> Connection:
         return self._call("Min", self, axis=axis, keepdim=keepdim)
 
-    def var(self, axis: Any = None, keepdim: bool = False, correction: int = 0) -> Connection:
-        return self._call("Variance", self, axis=axis, keepdim=keepdim, correction=correction)
+    def var(
+        self, axis: Any = None, keepdim: bool = False, correction: int = 0
+    ) -> Connection:
+        return self._call(
+            "Variance", self, axis=axis, keepdim=keepdim, correction=correction
+        )
 
     def argmax(self, axis: Any = None, keepdim: bool = False) -> Connection:
         return self._call("ArgMax", self, axis=axis, keepdim=keepdim)
@@ -388,7 +392,10 @@ class IOKey(Connection):
         self.key_name = name
         self.shape_template = list(shape) if shape is not None else None
         self.type_annotation = type
-        super().__init__(type=ty.to_type_set(type))
+        types = ty.to_type_set(type)
+        if shape:  # a shape with axes is a tensor's
+            types = types & ty.TENSORS
+        super().__init__(type=types)
         if shape is not None:
             self.shape_node = sh.template(shape, {})
         self.expose = expose

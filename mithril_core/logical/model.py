@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mithril_core.errors import ModelConnectionError, MithrilError, ShapeError
+from mithril_core.errors import MithrilError, ModelConnectionError, ShapeError
 from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import (
@@ -423,7 +423,9 @@ class Model(BaseModel):
         self._implicit[name] = value
         return name
 
-    def add_state(self, name: str, init: float, updated: Connection | None = None) -> None:
+    def add_state(
+        self, name: str, init: float, updated: Connection | None = None
+    ) -> None:
         """Declare the input ``name`` as state (e.g. BatchNorm running statistics).
 
         State is supplied with the params, initialised to ``init`` by

@@ -94,7 +94,13 @@ def type_of_value(value: Any) -> frozenset[str]:
     if isinstance(value, np.ndarray):
         kind = value.dtype.kind
         return frozenset(
-            {TENSOR_BOOL if kind == "b" else TENSOR_INT if kind in "iu" else TENSOR_FLOAT}
+            {
+                TENSOR_BOOL
+                if kind == "b"
+                else TENSOR_INT
+                if kind in "iu"
+                else TENSOR_FLOAT
+            }
         )
     if value is None:
         return frozenset({NONE})

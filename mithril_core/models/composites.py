@@ -14,7 +14,10 @@ class Linear(Model):
     (PyTorch's layout) and ``bias`` of shape ``[dimension]``."""
 
     def __init__(
-        self, dimension: int | None = None, use_bias: bool = True, name: str | None = None
+        self,
+        dimension: int | None = None,
+        use_bias: bool = True,
+        name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         self.dimension, self.use_bias = dimension, use_bias
@@ -47,7 +50,9 @@ class MLP(Model):
             )
             raise ValueError(msg)
         last = len(dimensions) - 1
-        for i, (activation, dim) in enumerate(zip(activations, dimensions, strict=True)):
+        for i, (activation, dim) in enumerate(
+            zip(activations, dimensions, strict=True)
+        ):
             layer = Linear(dim, use_bias=use_bias, name=f"layer_{i}")
             is_last = i == last and activation is None
             out = IOKey("output") if is_last else f"layer_{i}_output"

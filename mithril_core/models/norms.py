@@ -53,7 +53,11 @@ class GroupNorm(Model):
     per-channel ``weight``/``bias`` of shape ``[C]``."""
 
     def __init__(
-        self, num_groups: int, eps: float = 1e-5, affine: bool = True, name: str | None = None
+        self,
+        num_groups: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         channels = sh.Dim(name="C")

@@ -148,7 +148,9 @@ def topological_order(graph: FlatGraph) -> None:
                 stack.append((node, i + 1))
                 dep = deps[i]
                 if state.get(id(dep)) == 1:
-                    msg = f"Cycle in the model graph through {dep.path} and {node.path}."
+                    msg = (
+                        f"Cycle in the model graph through {dep.path} and {node.path}."
+                    )
                     raise ValueError(msg)
                 if state.get(id(dep)) != 2:
                     stack.append((dep, 0))
@@ -177,7 +179,9 @@ def remove_buffers(graph: FlatGraph) -> None:
         }
         forwarded = node.primitive.forwarded_input(constants)
         if forwarded is not None:
-            alias[id(node.output)] = node.inputs[node.primitive._inputs.index(forwarded)]
+            alias[id(node.output)] = node.inputs[
+                node.primitive._inputs.index(forwarded)
+            ]
         else:
             kept.append(node)
     graph.nodes = kept

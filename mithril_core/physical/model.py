@@ -17,7 +17,6 @@ from mithril_core.backends.base import Backend, Program
 from mithril_core.codegen.python import PythonCodegen
 from mithril_core.errors import (
     CompileError,
-    DtypeError,
     InputKeyError,
     MissingLoweringError,
     ShapeError,
@@ -164,7 +163,13 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         program = native
     else:
         program = _python_program(
-            graph, lowerings, backend, grad_keys, differentiable_outputs, inference, file_path
+            graph,
+            lowerings,
+            backend,
+            grad_keys,
+            differentiable_outputs,
+            inference,
+            file_path,
         )
     evaluator = backend.build_evaluator(program, jit=jit and backend.supports_jit)
     timer.done("codegen")
@@ -241,7 +246,11 @@ class _BackwardCache:
         self.filename = filename
         self.namespace = namespace
         self.functions: dict[frozenset[str], Any] = {}
-        full = tuple(k for k in codegen.graph.outputs if ty.TENSOR_FLOAT in codegen.graph.outputs[k].types)
+        full = tuple(
+            k
+            for k in codegen.graph.outputs
+            if ty.TENSOR_FLOAT in codegen.graph.outputs[k].types
+        )
         self.functions[frozenset(full)] = namespace["forward_backward"]
 
     def __call__(
@@ -252,7 +261,10 @@ class _BackwardCache:
         if function is None:
             seeded = tuple(k for k in self.codegen.graph.outputs if k in key)
             source = self.codegen.backward_source(self.grad_keys, seeded, "fb")
-            exec(compile_source(source, self.filename + f":{sorted(key)}", "exec"), self.namespace)  # noqa: S102
+            exec(
+                compile_source(source, self.filename + f":{sorted(key)}", "exec"),
+                self.namespace,
+            )  # noqa: S102
             function = self.functions[key] = self.namespace["fb"]
         return function(inputs, output_gradients)
 
@@ -389,23 +401,30 @@ def _outputs(
             if key not in discard:
                 outputs[key] = graph.values[id(root)]
     if not outputs:
-        msg = f"{model.path()}: the model has no outputs; expose one with IOKey('name')."
+        msg = (
+            f"{model.path()}: the model has no outputs; expose one with IOKey('name')."
+        )
         raise CompileError(msg)
     unknown = discard - {names[id(c.find())] for c in _all_connections(model)}
     if unknown:
-        msg = f"{model.path()}: discard_keys {sorted(unknown)} are not keys of the model."
+        msg = (
+            f"{model.path()}: discard_keys {sorted(unknown)} are not keys of the model."
+        )
         raise InputKeyError(msg)
     return outputs
 
 
-def _check_lowerings(graph: flat.FlatGraph, lowerings: Mapping[str, Any], backend: str) -> None:
+def _check_lowerings(
+    graph: flat.FlatGraph, lowerings: Mapping[str, Any], backend: str
+) -> None:
     missing: dict[str, list[str]] = {}
     for node in graph.nodes:
         if node.op not in lowerings:
             missing.setdefault(node.op, []).append(node.path)
     if missing:
         lines = [
-            f"  {op!r} used at {', '.join(paths[:5])}" + (" ..." if len(paths) > 5 else "")
+            f"  {op!r} used at {', '.join(paths[:5])}"
+            + (" ..." if len(paths) > 5 else "")
             for op, paths in sorted(missing.items())
         ]
         msg = (
@@ -419,7 +438,9 @@ def _check_lowerings(graph: flat.FlatGraph, lowerings: Mapping[str, Any], backen
 def _fold(node: flat.Node, args: list[Any], numpy_lowerings: Mapping[str, Any]) -> Any:
     entry = numpy_lowerings.get(node.op)
     if entry is None:
-        msg = f"{node.path}: cannot fold {node.op!r} at compile time (no NumPy lowering)."
+        msg = (
+            f"{node.path}: cannot fold {node.op!r} at compile time (no NumPy lowering)."
+        )
         raise CompileError(msg)
     forward = entry[0] if isinstance(entry, tuple) else entry
     return forward(*args)

@@ -118,7 +118,8 @@ class PhysicalModel:
                 unknown.append(f"{key}: {shape}")
                 continue
             params[key] = self.backend.array(
-                np.full(tuple(shape), init), dtype=self.backend.dtype  # type: ignore[arg-type]
+                np.full(tuple(shape), init),
+                dtype=self.backend.dtype,  # type: ignore[arg-type]
             )
         if unknown:
             msg = (
@@ -146,7 +147,9 @@ class PhysicalModel:
         self._check_inputs(inputs)
         if output_gradients is not None:
             if self.inference:
-                msg = "This model was compiled with inference=True: it has no gradients."
+                msg = (
+                    "This model was compiled with inference=True: it has no gradients."
+                )
                 raise ValueError(msg)
             unknown = set(output_gradients) - set(self.program.differentiable_outputs)
             if unknown:
@@ -160,7 +163,9 @@ class PhysicalModel:
             assert grads is not None
             for key, grad in grads.items():
                 if grad is None:
-                    grads[key] = self.backend.zeros(*self.backend.array_info(inputs[key])[0])  # type: ignore[index]
+                    grads[key] = self.backend.zeros(
+                        *self.backend.array_info(inputs[key])[0]
+                    )  # type: ignore[index]
             return outputs, grads
         outputs, _ = self._evaluator(inputs, None)
         return outputs

@@ -38,9 +38,16 @@ from mithril_core.primitives.elementwise import (
     Where,
 )
 from mithril_core.primitives.linalg import MatrixMultiply
-from mithril_core.primitives.state import DimFromValue, ModeSwitch
 from mithril_core.primitives.nn import LogSoftmax, Softmax
-from mithril_core.primitives.reduction import ArgMax, ArgMin, Max, Mean, Min, Sum, Variance
+from mithril_core.primitives.reduction import (
+    ArgMax,
+    ArgMin,
+    Max,
+    Mean,
+    Min,
+    Sum,
+    Variance,
+)
 from mithril_core.primitives.shape import (
     Buffer,
     Concat,
@@ -56,6 +63,7 @@ from mithril_core.primitives.shape import (
     Transpose,
     Unsqueeze,
 )
+from mithril_core.primitives.state import DimFromValue, ModeSwitch
 
 CORE_PRIMITIVES = (
     Absolute, Add, Cast, Cosine, Divide, Equal, Exponential, FloorDivide, Gelu, Greater,

@@ -21,7 +21,13 @@ def _fail(message: str) -> None:
 
 
 def normalize_axes(axis: Any, rank: int) -> tuple[int, ...]:
-    axes = tuple(range(rank)) if axis is None else (axis,) if isinstance(axis, int) else axis
+    axes = (
+        tuple(range(rank))
+        if axis is None
+        else (axis,)
+        if isinstance(axis, int)
+        else axis
+    )
     out = []
     for a in axes:
         if not -rank <= a < rank:
@@ -173,7 +179,9 @@ def reduce_shape(rule: sh.Rule) -> bool:
                 dims.append(d)
         sh.unify_with_dims(out.shape_node, dims)
         return True
-    axes_list = [axis] if isinstance(axis, int) else list(axis) if axis is not None else None
+    axes_list = (
+        [axis] if isinstance(axis, int) else list(axis) if axis is not None else None
+    )
     if axes_list is None:
         if not keepdim:
             sh.unify_with_dims(out.shape_node, [])
@@ -181,11 +189,17 @@ def reduce_shape(rule: sh.Rule) -> bool:
         return False
     if all(a < 0 for a in axes_list) and len(suf) >= max(-a for a in axes_list):
         idx = {len(suf) + a for a in axes_list}
-        new_suf = [1 if i in idx else d for i, d in enumerate(suf) if keepdim or i not in idx]
+        new_suf = [
+            1 if i in idx else d for i, d in enumerate(suf) if keepdim or i not in idx
+        ]
         sh.unify(out.shape_node, sh.ShapeNode([*pre, var, *_dims(new_suf)]))
         return True
     if all(a >= 0 for a in axes_list) and len(pre) > max(axes_list):
-        new_pre = [1 if i in axes_list else d for i, d in enumerate(pre) if keepdim or i not in axes_list]
+        new_pre = [
+            1 if i in axes_list else d
+            for i, d in enumerate(pre)
+            if keepdim or i not in axes_list
+        ]
         sh.unify(out.shape_node, sh.ShapeNode([*_dims(new_pre), var, *suf]))
         return True
     return False
@@ -214,9 +228,7 @@ def matmul_shape(rule: sh.Rule) -> bool:
     try:
         sh.unify_dims(l2[-1], r2[-2])
     except sh.ShapeConflict:
-        _fail(
-            f"inner dims do not match: left {_fmt(ldims)} @ right {_fmt(rdims)}"
-        )
+        _fail(f"inner dims do not match: left {_fmt(ldims)} @ right {_fmt(rdims)}")
     lb, rb = l2[:-2], r2[:-2]
     batch: list[sh.Dim | int | None] = []
     finished = True
@@ -303,7 +315,11 @@ def transpose_shape(rule: sh.Rule) -> bool:
         sh.unify_with_dims(inp.shape_node, [None] * len(out_dims))
         dims = inp.shape_node.dims()
         assert dims is not None
-    perm = tuple(reversed(range(len(dims)))) if axes is None else normalize_axes(axes, len(dims))
+    perm = (
+        tuple(reversed(range(len(dims))))
+        if axes is None
+        else normalize_axes(axes, len(dims))
+    )
     if len(perm) != len(dims):
         _fail(f"axes {axes} do not match rank {len(dims)}")
     sh.unify_with_dims(out.shape_node, [dims[p] for p in perm])
@@ -394,9 +410,7 @@ def split_shape(rule: sh.Rule) -> bool:
     elements = []
     for chunk in chunks:
         element = Connection(type=inp.types)
-        sh.unify_with_dims(
-            element.shape_node, [*dims[:ax], chunk, *dims[ax + 1 :]]
-        )
+        sh.unify_with_dims(element.shape_node, [*dims[:ax], chunk, *dims[ax + 1 :]])
         elements.append(element)
     out.elements = elements
     sh.notify(out.watchers)

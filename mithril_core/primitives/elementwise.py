@@ -189,7 +189,9 @@ class _Unary(Primitive):
     def __init__(self, name: str | None = None, input: Any = NOVALUE) -> None:  # noqa: A002
         super().__init__(
             name=name,
-            input=IOKey(shape=[("V", ...)], type=_NUMERIC) if input is NOVALUE else input,
+            input=IOKey(shape=[("V", ...)], type=_NUMERIC)
+            if input is NOVALUE
+            else input,
             output=IOKey(shape=[("V", ...)], type=_NUMERIC),
         )
 

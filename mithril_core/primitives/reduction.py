@@ -17,7 +17,11 @@ class _Reduce(Primitive):
     when ``keepdim``."""
 
     def __init__(
-        self, axis: Axis = None, keepdim: bool = False, name: str | None = None, **extra: Any
+        self,
+        axis: Axis = None,
+        keepdim: bool = False,
+        name: str | None = None,
+        **extra: Any,
     ) -> None:
         if isinstance(axis, list):
             axis = tuple(axis)

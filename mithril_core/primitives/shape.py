@@ -42,7 +42,9 @@ class Transpose(Primitive):
         super().__init__(
             name=name,
             input=IOKey(type=ty.TENSORS),
-            axes=IOKey(type=tuple | list | None) if axes is NOVALUE else _as_tuple(axes),
+            axes=IOKey(type=tuple | list | None)
+            if axes is NOVALUE
+            else _as_tuple(axes),
             output=IOKey(type=ty.TENSORS),
         )
 
@@ -196,7 +198,10 @@ class Unsqueeze(Primitive):
 
     def __init__(self, axis: int = 0, name: str | None = None) -> None:
         super().__init__(
-            name=name, input=IOKey(type=ty.TENSORS), axis=axis, output=IOKey(type=ty.TENSORS)
+            name=name,
+            input=IOKey(type=ty.TENSORS),
+            axis=axis,
+            output=IOKey(type=ty.TENSORS),
         )
 
 
@@ -224,9 +229,14 @@ class Squeeze(Primitive):
     op_name = "squeeze"
     rules = (_squeeze_shape, r.same_type())
 
-    def __init__(self, axis: int | tuple[int, ...] | None = None, name: str | None = None) -> None:
+    def __init__(
+        self, axis: int | tuple[int, ...] | None = None, name: str | None = None
+    ) -> None:
         super().__init__(
-            name=name, input=IOKey(type=ty.TENSORS), axis=axis, output=IOKey(type=ty.TENSORS)
+            name=name,
+            input=IOKey(type=ty.TENSORS),
+            axis=axis,
+            output=IOKey(type=ty.TENSORS),
         )
 
 

@@ -16,7 +16,10 @@ class ModeSwitch(Primitive):
     ``inference=True``. Compile removes it (the output reads the chosen input)."""
 
     op_name = "mode_switch"
-    rules = (r.same_shape("training", "inference_value", "output"), r.same_type("training"))
+    rules = (
+        r.same_shape("training", "inference_value", "output"),
+        r.same_type("training"),
+    )
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(

@@ -22,7 +22,9 @@ def test_shape_conflict_at_composition_names_path_shapes_and_line():
             input="hidden", weight=IOKey("w", shape=[3, 5]), output=IOKey("output")
         )
     message = str(info.value)
-    assert message.startswith("custom_mlp.linear_1.weight: shape [3, 8] conflicts with [3, 5]")
+    assert message.startswith(
+        "custom_mlp.linear_1.weight: shape [3, 8] conflicts with [3, 5]"
+    )
     assert "from custom_mlp.w" in message
     assert f"{__file__}:" in message
 
@@ -41,7 +43,10 @@ def test_broadcast_conflict_names_primitive_and_terminal_shapes():
 def test_compile_shape_conflict_names_key():
     model = Model()
     model |= Linear(8)(input=IOKey("input", shape=[None, 4]), output=IOKey("output"))
-    with pytest.raises(ShapeError, match=r"input: shape \[2, 5\] given to compile conflicts with \[None, 4\]"):
+    with pytest.raises(
+        ShapeError,
+        match=r"input: shape \[2, 5\] given to compile conflicts with \[None, 4\]",
+    ):
         ml.compile(model, ml.NumpyBackend(), shapes={"input": [2, 5]})
 
 
@@ -74,13 +79,17 @@ def test_unexpected_key(linear_pm):
 
 def test_wrong_shape(linear_pm):
     pm, params = linear_pm
-    with pytest.raises(ShapeError, match=r"input: expected shape \[None, 4\], got \[2, 5\]"):
+    with pytest.raises(
+        ShapeError, match=r"input: expected shape \[None, 4\], got \[2, 5\]"
+    ):
         pm.evaluate(params, {"input": np.ones((2, 5), np.float32)})
 
 
 def test_wrong_rank_is_not_broadcast(linear_pm):
     pm, params = linear_pm
-    with pytest.raises(ShapeError, match=r"input: expected shape \[None, 4\], got \[4\]"):
+    with pytest.raises(
+        ShapeError, match=r"input: expected shape \[None, 4\], got \[4\]"
+    ):
         pm.evaluate(params, {"input": np.ones(4, np.float32)})
 
 
@@ -92,12 +101,21 @@ def test_float64_data_for_float32_model_is_an_error(linear_pm):
 
 def test_int_data_for_float_input_is_an_error(linear_pm):
     pm, params = linear_pm
-    with pytest.raises(DtypeError, match=r"linear_0_weight: expected a Tensor\[float\] array, got dtype int64"):
-        pm.evaluate({**params, "linear_0_weight": np.ones((8, 4), np.int64)}, {"input": np.ones((2, 4), np.float32)})
+    with pytest.raises(
+        DtypeError,
+        match=r"linear_0_weight: expected a Tensor\[float\] array, got dtype int64",
+    ):
+        pm.evaluate(
+            {**params, "linear_0_weight": np.ones((8, 4), np.int64)},
+            {"input": np.ones((2, 4), np.float32)},
+        )
 
 
 def test_unknown_terminal_lists_terminals():
-    with pytest.raises(ModelConnectionError, match=r"has no terminal 'inp'; its terminals are \['input', 'output'\]"):
+    with pytest.raises(
+        ModelConnectionError,
+        match=r"has no terminal 'inp'; its terminals are \['input', 'output'\]",
+    ):
         Relu()(inp="x")
 
 

@@ -176,9 +176,7 @@ def test_multi_task_model(backend):
 
 
 def test_channel_shuffle_folds_shape_arithmetic(backend):
-    pm = ml.compile(
-        ChannelShuffle(groups=3), backend, shapes={"input": [2, 6, 4, 5]}
-    )
+    pm = ml.compile(ChannelShuffle(groups=3), backend, shapes={"input": [2, 6, 4, 5]})
     x = rng.standard_normal((2, 6, 4, 5))
     out = pm.evaluate({}, {"input": x})["output"]
     expected = x.reshape(2, 3, 2, 4, 5).transpose(0, 2, 1, 3, 4).reshape(2, 6, 4, 5)
@@ -231,5 +229,7 @@ def test_lstm_cell_matches_numpy_with_gradients(backend):
     for k in range(20):
         step = np.zeros(20)
         step[k] = eps
-        numeric[k] = (loss(params["gates_bias"] + step) - loss(params["gates_bias"] - step)) / (2 * eps)
+        numeric[k] = (
+            loss(params["gates_bias"] + step) - loss(params["gates_bias"] - step)
+        ) / (2 * eps)
     np.testing.assert_allclose(grads["gates_bias"], numeric, rtol=1e-6, atol=1e-9)

@@ -34,9 +34,13 @@ def test_softsign_on_every_backend(backend_name):
     w = backend.to_numpy(params["linear_0_weight"]).astype(np.float64)
     b = backend.to_numpy(params["linear_0_bias"]).astype(np.float64)
     z = x @ w.T + b
-    np.testing.assert_allclose(backend.to_numpy(out["output"]), z / (1 + np.abs(z)), rtol=1e-5)
     np.testing.assert_allclose(
-        backend.to_numpy(grads["linear_0_bias"]), (grad / (1 + np.abs(z)) ** 2).sum(0), rtol=1e-4
+        backend.to_numpy(out["output"]), z / (1 + np.abs(z)), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        backend.to_numpy(grads["linear_0_bias"]),
+        (grad / (1 + np.abs(z)) ** 2).sum(0),
+        rtol=1e-4,
     )
 
 

@@ -11,7 +11,6 @@ from mithril_core.backends.base import Backend, Evaluator, Program
 from mithril_core.dtypes import Dtype
 from mithril_core.errors import CompileError
 
-
 # dtype.name is slow (~3 us); evaluate checks every input on every call.
 _DTYPE_NAMES = {
     np.dtype(name): name
@@ -27,7 +26,17 @@ class NumpyBackend(Backend):
     has_autograd = False
     supports_jit = False
     supported_dtypes = frozenset(
-        {"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
+        {
+            "float16",
+            "float32",
+            "float64",
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "uint8",
+            "bool",
+        }
     )
 
     def __init__(self, device: str = "cpu", dtype: Dtype | str = "float32") -> None:
