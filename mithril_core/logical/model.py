@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -30,6 +32,25 @@ def snake_case(name: str) -> str:
 
 class BaseModel:
     """Common part of primitives and composite models."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: BaseModel, *args: Any, **kw: Any) -> None:
+            # The outermost constructor records its arguments (for to_dict).
+            if "_init_args" not in self.__dict__:
+                bound = signature.bind(self, *args, **kw)
+                arguments = dict(bound.arguments)
+                arguments.pop(next(iter(signature.parameters)))
+                self.__dict__["_init_args"] = arguments
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name
@@ -128,6 +149,19 @@ class BaseModel:
     def connect(self, *args: Any, **kwargs: Any) -> Connection:
         """Same as calling the model."""
         return self(*args, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """This model's definition as a JSON-safe dict (``Model.from_dict`` rebuilds it)."""
+        from mithril_core.logical.serialize import model_to_dict
+
+        return model_to_dict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> BaseModel:
+        """Rebuild a model from :meth:`to_dict`'s output."""
+        from mithril_core.logical.serialize import model_from_dict
+
+        return model_from_dict(data)
 
     def summary(self) -> str:
         from mithril_core.logical.summary import logical_summary
@@ -255,6 +289,8 @@ class Model(BaseModel):
         self._cin: Connection | None = None
         self._cout: Connection | None = None
         self._states: list[tuple[str, float, Connection | None]] = []
+        # (child, terminal -> connection, chain) per add, replayed by from_dict.
+        self._log: list[tuple[BaseModel, dict[str, Connection], bool]] = []
 
     # -- composition -------------------------------------------------------------------
     def __ior__(self, other: BaseModel | Connection) -> Model:
@@ -311,6 +347,7 @@ class Model(BaseModel):
             child._parent = None
             raise
         self._children.append(child)
+        self._log.append((child, targets, chain))
         self._update_canonical(child, chain)
 
     def _child_name_for(self, child: BaseModel) -> str:
@@ -569,6 +606,7 @@ class Operator(Model):
         self._class_counts = inner._class_counts
         self._cin, self._cout = inner._cin, inner._cout
         self._states = inner._states
+        self._log = inner._log
         self._implicit.update(inner._implicit)
         for conn in self._conns.values():
             root = conn.find()
