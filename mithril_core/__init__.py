@@ -65,6 +65,16 @@ def compile(model: Any, backend: Backend, **options: Any) -> PhysicalModel:  # n
     return _compile(model, backend, **options)
 
 
+def to_dot(model: Any) -> str:
+    """Graphviz DOT of a logical model's tree (or of a compiled model's flat graph)."""
+    from mithril_core.logical.dot import model_to_dot, physical_to_dot
+    from mithril_core.physical.physical_model import PhysicalModel
+
+    if isinstance(model, PhysicalModel):
+        return physical_to_dot(model)
+    return model_to_dot(model)
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY_BACKENDS:
         from mithril_core.plugins import get_registry
@@ -94,6 +104,7 @@ __all__ = [
     "bfloat16",
     "bool_",
     "compile",
+    "to_dot",
     "float16",
     "float32",
     "float64",

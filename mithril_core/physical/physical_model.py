@@ -86,6 +86,12 @@ class PhysicalModel:
             result.setdefault(node.output.name, node.output.shape())
         return result
 
+    def to_dot(self) -> str:
+        """Graphviz DOT of the flat graph (inputs, primitive calls, outputs)."""
+        from mithril_core.logical.dot import physical_to_dot
+
+        return physical_to_dot(self)
+
     def summary(self) -> str:
         from mithril_core.logical.summary import physical_summary
 

@@ -1,0 +1,59 @@
+"""summary() tables and Graphviz DOT output."""
+
+import re
+
+import mithril_core as ml
+from mithril_core.models import IOKey, Linear, Model, Relu
+
+
+def build():
+    model = Model(name="custom_mlp")
+    model += Linear(8)(input=IOKey("input", shape=[None, 4]))
+    model += Relu()
+    model += Linear(3)(output=IOKey("output"))
+    return model
+
+
+def parse_dot(text):
+    """A minimal DOT reader: node ids and edges; checks braces balance."""
+    assert text.startswith("digraph ") and text.rstrip().endswith("}")
+    assert text.count("{") == text.count("}")
+    nodes = set(re.findall(r"^\s*([\w\"]+) \[label=", text, flags=re.M))
+    edges = re.findall(r"^\s*([\w\"]+) -> ([\w\"]+)", text, flags=re.M)
+    return nodes, edges
+
+
+def test_logical_summary_lists_children_shapes_and_params(capsys):
+    text = build().summary()
+    assert capsys.readouterr().out.strip() == text.strip()
+    lines = text.splitlines()
+    assert lines[0].split() == ["model", "type", "inputs", "outputs", "params"]
+    row = next(line for line in lines if line.strip().startswith("linear_0 "))
+    assert "weight: [8, 4]" in row and "bias: [8]" in row and row.rstrip().endswith("40")
+    top = next(line for line in lines if line.startswith("custom_mlp"))
+    assert top.rstrip().endswith(f"{8 * 4 + 8 + 3 * 8 + 3}")
+
+
+def test_physical_summary_lists_nodes(capsys):
+    pm = ml.compile(
+        build(), ml.NumpyBackend(), shapes={"input": [2, 4]}, data_keys={"input"}
+    )
+    text = pm.summary()
+    assert "linear_0_matrix_multiply_0  matrix_multiply  [2, 4], [4, 8]" in text
+    assert "trainable parameters: 67" in text
+
+
+def test_dot_of_model_tree_is_well_formed():
+    nodes, edges = parse_dot(ml.to_dot(build()))
+    assert len([n for n in nodes if n.startswith("n")]) == 7  # 7 primitives
+    assert all(a in nodes and b in nodes for a, b in edges)
+    assert ("n2", "n3") in edges  # linear_0's add feeds relu
+
+
+def test_dot_of_flat_graph_is_well_formed():
+    pm = ml.compile(build(), ml.NumpyBackend(), shapes={"input": [2, 4]})
+    text = pm.to_dot()
+    nodes, edges = parse_dot(text)
+    assert {"in_0", "op_0"} <= nodes
+    assert all(a in nodes and b in nodes for a, b in edges)
+    assert 'label="input [2, 4]"' in text
