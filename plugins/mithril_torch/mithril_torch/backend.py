@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mithril_core.backends.base import Backend, Evaluator, Program
-from mithril_core.dtypes import Dtype
+from mithril_core.dtypes import ALL_DTYPES, Dtype
 from mithril_core.errors import CompileError
 
 if TYPE_CHECKING:
@@ -35,20 +35,7 @@ class TorchBackend(Backend):
     name = "torch"
     has_autograd = True
     supports_jit = True
-    supported_dtypes = frozenset(
-        {
-            "float16",
-            "bfloat16",
-            "float32",
-            "float64",
-            "int8",
-            "int16",
-            "int32",
-            "int64",
-            "uint8",
-            "bool",
-        }
-    )
+    supported_dtypes = frozenset(ALL_DTYPES)
     devices = ("cpu", "cuda")
 
     def __init__(self, device: str = "cpu", dtype: Dtype | str = "float32") -> None:
