@@ -46,7 +46,8 @@ def compile_times():
         model, ml.NumpyBackend(), shapes={"input": [BATCH, WIDTH]}, data_keys={"input"}
     )
     print(
-        f"mlp 3x{WIDTH}: build {built - start:.3f} s, compile {time.perf_counter() - built:.3f} s"
+        f"mlp 3x{WIDTH}: build {built - start:.3f} s, "
+        f"compile {time.perf_counter() - built:.3f} s"
     )
     print(
         f"{'blocks':>6} {'build s':>8} {'compile s':>10} {'total s':>8} {'s/block':>8}"
@@ -62,7 +63,8 @@ def compile_times():
         done = time.perf_counter()
         total = done - start
         print(
-            f"{n:>6} {built - start:>8.3f} {done - built:>10.3f} {total:>8.3f} {total / n:>8.4f}"
+            f"{n:>6} {built - start:>8.3f} {done - built:>10.3f} "
+            f"{total:>8.3f} {total / n:>8.4f}"
         )
 
 
@@ -106,13 +108,15 @@ def evaluate_times():
     ours = best_of(lambda: pm.evaluate(params, data))
     ref = best_of(lambda: handwritten(params, x))
     print(
-        f"forward:        mithril {ours * 1e6:8.1f} us  hand-written {ref * 1e6:8.1f} us  ratio {ours / ref:.3f}"
+        f"forward:        mithril {ours * 1e6:8.1f} us  "
+        f"hand-written {ref * 1e6:8.1f} us  ratio {ours / ref:.3f}"
     )
     grads_in = {"output": g}
     ours_g = best_of(lambda: pm.evaluate(params, data, output_gradients=grads_in))
     ref_g = best_of(lambda: handwritten_grad(params, x, g))
     print(
-        f"with gradients: mithril {ours_g * 1e6:8.1f} us  hand-written {ref_g * 1e6:8.1f} us  ratio {ours_g / ref_g:.3f}"
+        f"with gradients: mithril {ours_g * 1e6:8.1f} us  "
+        f"hand-written {ref_g * 1e6:8.1f} us  ratio {ours_g / ref_g:.3f}"
     )
 
 

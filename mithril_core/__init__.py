@@ -59,7 +59,8 @@ def backend(name: str, **options: Any) -> Backend:
 
 
 def compile(model: Any, backend: Backend, **options: Any) -> PhysicalModel:  # noqa: A001
-    """Compile a logical model for ``backend``; see :func:`mithril_core.physical.model.compile`."""
+    """Compile a logical model for ``backend``; see
+    :func:`mithril_core.physical.model.compile`."""
     from mithril_core.physical.model import compile as _compile
 
     return _compile(model, backend, **options)
@@ -80,6 +81,10 @@ def __getattr__(name: str) -> Any:
         from mithril_core.plugins import get_registry
 
         return get_registry().backend_class(_LAZY_BACKENDS[name])
+    if name == "check_parity":
+        from mithril_core.parity import check_parity
+
+        return check_parity
     if name == "models":
         import mithril_core.models as models
 
@@ -101,6 +106,7 @@ __all__ = [
     "TorchBackend",
     "available_backends",
     "backend",
+    "check_parity",
     "bfloat16",
     "bool_",
     "compile",

@@ -12,11 +12,13 @@ class ShapeError(MithrilError, ValueError):
 
 
 class MithrilTypeError(MithrilError, TypeError):
-    """A value's type (tensor dtype kind or Python type) contradicts what is required."""
+    """A value's type (tensor dtype kind or Python type) contradicts what is
+    required."""
 
 
 class ModelConnectionError(MithrilError, ValueError):
-    """A model is connected in a way that cannot work (two producers, unknown key...)."""
+    """A model is connected in a way that cannot work (two producers, unknown
+    key...)."""
 
 
 class InputKeyError(MithrilError, KeyError):

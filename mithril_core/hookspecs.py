@@ -1,4 +1,5 @@
-"""Hook specifications of the ``mithril`` plugin project (entry-point group ``mithril``)."""
+"""Hook specifications of the ``mithril`` plugin project (entry-point group
+``mithril``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ def mithril_backends() -> Mapping[str, type] | None:
 
     Called once, the first time the backend registry is used (``available_backends()``,
     ``backend(name)``, ``ml.TorchBackend``). The class must subclass
-    :class:`mithril_core.backends.Backend`. Importing the framework belongs in the class's
-    module, which this hook may import: the hook itself is called only when a backend is
-    needed. Two packages contributing one name is an error naming both.
+    :class:`mithril_core.backends.Backend`. Importing the framework belongs in the
+    class's module, which this hook may import: the hook itself is called only when a
+    backend is needed. Two packages contributing one name is an error naming both.
     """
 
 
@@ -39,10 +40,10 @@ def mithril_lowerings(backend: str) -> Mapping[str, Any] | None:
 
     Called once per backend name, when a model is first compiled for it. The mapping is
     ``op_name -> forward`` for backends with autograd and ``op_name -> (forward, vjp)``
-    for NumPy and C; ``forward(*inputs)`` returns the output, ``vjp(output_grad, output,
-    *inputs)`` returns one gradient per input (``None`` where not differentiable).
-    Results of all packages are merged; two packages lowering one op for one backend is an
-    error naming both.
+    for NumPy and C; ``forward(*inputs)`` returns the output,
+    ``vjp(output_grad, output, *inputs)`` returns one gradient per input (``None`` where
+    not differentiable). Results of all packages are merged; two packages lowering one
+    op for one backend is an error naming both.
 
     :param backend: Backend name, as in ``mithril_core.backend("torch")``.
     """

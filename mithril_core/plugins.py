@@ -1,4 +1,5 @@
-"""The plugin manager: builtin and installed packages contribute through one set of hooks."""
+"""The plugin manager: builtin and installed packages contribute through one set of
+hooks."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def _load_entry_points(manager: pluggy.PluginManager) -> None:
         except Exception as exc:
             dist = entry_point.dist.name if entry_point.dist else entry_point.value
             msg = (
-                f"Plugin {entry_point.name!r} from distribution {dist!r} failed to import: "
+                f"Plugin {entry_point.name!r} from distribution {dist!r} "
+                "failed to import: "
                 f"{exc}\n{traceback.format_exc()}"
             )
             raise PluginError(msg) from exc

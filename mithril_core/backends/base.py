@@ -22,10 +22,11 @@ Evaluator = Callable[
 class Program:
     """Generated code of one physical model, handed to :meth:`Backend.build_evaluator`.
 
-    ``forward(inputs) -> outputs`` maps every input key to its array and returns a dict of
-    output arrays. ``forward_backward(inputs, output_gradients) -> (outputs, gradients)``
-    exists only for backends without autograd (generated with the VJP rules).
-    ``grad_keys`` are the input keys that gradients are returned for.
+    ``forward(inputs) -> outputs`` maps every input key to its array and returns a dict
+    of output arrays.
+    ``forward_backward(inputs, output_gradients) -> (outputs, gradients)`` exists only
+    for backends without autograd (generated with the VJP rules). ``grad_keys`` are the
+    input keys that gradients are returned for.
     """
 
     forward: Callable[[Mapping[str, Any]], dict[str, Any]]
@@ -41,8 +42,8 @@ class Backend(ABC):
     """A place to run compiled models: arrays, dtypes, devices and a lowering table.
 
     Subclasses set ``name`` (the registry name, e.g. ``"torch"``), ``has_autograd`` and
-    ``supported_dtypes`` and implement the abstract methods. Shapes are given as ``*dims``
-    or one tuple.
+    ``supported_dtypes`` and implement the abstract methods. Shapes are given as
+    ``*dims`` or one tuple.
     """
 
     name: ClassVar[str] = ""
@@ -81,7 +82,7 @@ class Backend(ABC):
             raise DtypeError(msg)
         return resolved
 
-    # -- array API ----------------------------------------------------------------------
+    # -- array API ---------------------------------------------------------------------
     @abstractmethod
     def array(self, data: Any, dtype: Dtype | str | None = None) -> Any:
         """Copy ``data`` (nested lists, NumPy or framework arrays) into a backend array.
@@ -148,14 +149,15 @@ class Backend(ABC):
             self.seed(0)
         return self._generator
 
-    # -- compile-time API ---------------------------------------------------------------
+    # -- compile-time API --------------------------------------------------------------
     @abstractmethod
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
-        """Return ``evaluate(inputs, output_gradients) -> (outputs, gradients or None)``.
+        """Return
+        ``evaluate(inputs, output_gradients) -> (outputs, gradients or None)``.
 
         ``inputs`` maps every key of ``program.input_keys`` to an array. Backends with
-        autograd differentiate ``program.forward`` w.r.t. ``program.grad_keys`` with their
-        own VJP (and jit the whole function when ``jit``); others call
+        autograd differentiate ``program.forward`` w.r.t. ``program.grad_keys`` with
+        their own VJP (and jit the whole function when ``jit``); others call
         ``program.forward_backward``.
         """
 
@@ -169,9 +171,9 @@ class Backend(ABC):
         inference: bool,
         file_path: str | None,
     ) -> Program | None:
-        """Generate this backend's own code for the flat graph, or return ``None`` to use
-        the generated Python (the default). Backends that compile another language (C)
-        override this; ``graph`` is a :class:`mithril_core.physical.flat.FlatGraph`
+        """Generate this backend's own code for the flat graph, or return ``None`` to
+        use the generated Python (the default). Backends that compile another language
+        (C) override this; ``graph`` is a :class:`mithril_core.physical.flat.FlatGraph`
         after all passes, ``lowerings`` this backend's merged lowering table."""
         return None
 

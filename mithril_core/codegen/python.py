@@ -72,7 +72,8 @@ def _function_name(op: str) -> str:
 
 
 class PythonCodegen:
-    """Source for ``forward(inputs)`` and ``forward_backward(inputs, output_gradients)``."""
+    """Source for ``forward(inputs)`` and
+    ``forward_backward(inputs, output_gradients)``."""
 
     def __init__(
         self,

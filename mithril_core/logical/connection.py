@@ -127,7 +127,10 @@ class Connection:
         if new == root.types:
             return
         if not new:
-            msg = f"type {ty.format_type(root.types)} conflicts with {ty.format_type(allowed)}"
+            msg = (
+                f"type {ty.format_type(root.types)} "
+                f"conflicts with {ty.format_type(allowed)}"
+            )
             raise sh.ShapeConflict(msg)
         root.types = new
         if new <= ty.SCALARS:
@@ -275,7 +278,8 @@ class Connection:
             count = len(root.elements)
         if count is None:
             msg = (
-                f"{self.display_name()}: cannot iterate a connection of unknown length; "
+                f"{self.display_name()}: "
+                "cannot iterate a connection of unknown length; "
                 "unpack it (a, b = x.shape) or index it (x.shape[0])."
             )
             raise TypeError(msg)
@@ -375,8 +379,8 @@ def _index_arg(index: Any) -> Any:
 class IOKey(Connection):
     """A named (or anonymous) terminal with optional shape, type and value.
 
-    ``IOKey("x", shape=[None, 4])`` given to a terminal names the connection ``x`` in the
-    enclosing model and exposes it (outputs are exposed only through IOKeys or
+    ``IOKey("x", shape=[None, 4])`` given to a terminal names the connection ``x`` in
+    the enclosing model and exposes it (outputs are exposed only through IOKeys or
     ``expose=True``). In a :class:`Primitive` declaration it is the terminal template.
     """
 
@@ -419,9 +423,9 @@ def merge(child: Connection, target: Connection, context: str) -> Connection:
         return b
     if a.producer is not None and b.producer is not None:
         msg = (
-            f"{context}: output is connected to {target.display_name()}, which is already "
-            f"the output of {b.producer.path() or b.producer.name}. A connection has one "
-            "producer; give one of them another name."
+            f"{context}: output is connected to {target.display_name()}, "
+            f"which is already the output of {b.producer.path() or b.producer.name}. "
+            "A connection has one producer; give one of them another name."
         )
         raise ModelConnectionError(msg)
     a_shape, b_shape = repr(a.shape_node), repr(b.shape_node)

@@ -39,9 +39,13 @@ def model_to_dot(model: BaseModel) -> str:
         assert isinstance(current, Model)
         clusters.append(path)
         lines.append(f"{indent}subgraph cluster_{len(clusters)} {{")
-        lines.append(f"{indent}  label={_quote(path or current.name or type(current).__name__)};")
+        lines.append(
+            f"{indent}  label={_quote(path or current.name or type(current).__name__)};"
+        )
         for child in current._children:
-            child_path = f"{path}_{child._child_name}" if path else str(child._child_name)
+            child_path = (
+                f"{path}_{child._child_name}" if path else str(child._child_name)
+            )
             visit(child, child_path, depth + 1)
         lines.append(f"{indent}}}")
 
@@ -57,7 +61,9 @@ def model_to_dot(model: BaseModel) -> str:
                 if id(root) not in inputs:
                     inputs[id(root)] = f"i{len(inputs)}"
                     label = root.display_name().split(".")[-1]
-                    lines.append(f"  {inputs[id(root)]} [label={_quote(label)}, shape=ellipse];")
+                    lines.append(
+                        f"  {inputs[id(root)]} [label={_quote(label)}, shape=ellipse];"
+                    )
                 source = inputs[id(root)]
             lines.append(f"  {source} -> {node_id} [label={_quote(name)}, fontsize=8];")
     lines.append("}")
@@ -70,7 +76,10 @@ def physical_to_dot(pm: PhysicalModel) -> str:
     ids: dict[int, str] = {}
     for key, value in pm.graph.inputs.items():
         ids[id(value)] = f"in_{len(ids)}"
-        lines.append(f"  {ids[id(value)]} [label={_quote(f'{key} {value.shape()}')}, shape=ellipse];")
+        lines.append(
+            f"  {ids[id(value)]} "
+            f"[label={_quote(f'{key} {value.shape()}')}, shape=ellipse];"
+        )
     for index, node in enumerate(pm.graph.nodes):
         node_id = f"op_{index}"
         label = f"{node.op}\\n{node.output.name} {node.output.shape()}"
@@ -79,11 +88,15 @@ def physical_to_dot(pm: PhysicalModel) -> str:
             source = ids.get(id(value))
             if source is not None:
                 terminal = node.primitive._inputs[position]
-                lines.append(f"  {source} -> {node_id} [label={_quote(terminal)}, fontsize=8];")
+                lines.append(
+                    f"  {source} -> {node_id} [label={_quote(terminal)}, fontsize=8];"
+                )
         ids[id(node.output)] = node_id
     for key, value in pm.graph.outputs.items():
         out_id = f"out_{key}"
-        lines.append(f"  {_quote(out_id)} [label={_quote(key)}, shape=ellipse, style=bold];")
+        lines.append(
+            f"  {_quote(out_id)} [label={_quote(key)}, shape=ellipse, style=bold];"
+        )
         source = ids.get(id(value))
         if source is not None:
             lines.append(f"  {source} -> {_quote(out_id)};")
@@ -95,7 +108,10 @@ def render_svg(dot: str) -> str:
     """SVG text of ``dot`` via the ``dot`` binary (Graphviz)."""
     binary = shutil.which("dot")
     if binary is None:
-        msg = "Rendering SVG needs the Graphviz `dot` binary (e.g. apt-get install graphviz)."
+        msg = (
+            "Rendering SVG needs the Graphviz `dot` binary "
+            "(e.g. apt-get install graphviz)."
+        )
         raise RuntimeError(msg)
     result = subprocess.run(
         [binary, "-Tsvg"], input=dot, capture_output=True, text=True, check=True

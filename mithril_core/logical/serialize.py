@@ -1,10 +1,10 @@
 """Model definitions to and from plain, JSON-safe dicts.
 
 A library model (any class other than plain ``Model``: primitives, ``Linear``,
-``resnet18``'s blocks, user ``Operator`` subclasses) is stored as its importable class and
-constructor arguments. A plain ``Model`` is stored as the sequence of its ``|=``/``+=``
-additions, each child with the connections its terminals were bound to, so replaying it
-rebuilds the same structure, names and shapes.
+``resnet18``'s blocks, user ``Operator`` subclasses) is stored as its importable class
+and constructor arguments. A plain ``Model`` is stored as the sequence of its
+``|=``/``+=`` additions, each child with the connections its terminals were bound to, so
+replaying it rebuilds the same structure, names and shapes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def model_to_dict(model: BaseModel) -> dict[str, Any]:
     if type(model) is not Model:
         return {
             "class": f"{type(model).__module__}:{type(model).__qualname__}",
-            "args": {k: _encode_value(v) for k, v in model.__dict__["_init_args"].items()},
+            "args": {
+                k: _encode_value(v) for k, v in model.__dict__["_init_args"].items()
+            },
         }
     refs: dict[int, Any] = {}
     for name, conn in model._conns.items():
@@ -55,7 +57,12 @@ def model_to_dict(model: BaseModel) -> dict[str, Any]:
                 refs[id(root)] = ref
             bindings[term] = ref
         steps.append(
-            {"model": model_to_dict(child), "name": child._child_name, "bindings": bindings, "chain": chain}
+            {
+                "model": model_to_dict(child),
+                "name": child._child_name,
+                "bindings": bindings,
+                "chain": chain,
+            }
         )
         for term in child.terminal_names():
             refs.setdefault(id(child.terminal(term).find()), ["child", index, term])
@@ -130,14 +137,19 @@ def _encode_value(value: Any) -> Any:
         return {"__model__": model_to_dict(value)}
     if isinstance(value, Connection):
         msg = (
-            "Cannot serialize a model whose constructor received a symbolic connection; "
+            "Cannot serialize a model whose constructor received "
+            "a symbolic connection; "
             "give it a plain value."
         )
         raise TypeError(msg)
     if value is Ellipsis:
         return {"__ellipsis__": True}
     if isinstance(value, slice):
-        return {"__slice__": [_encode_value(v) for v in (value.start, value.stop, value.step)]}
+        return {
+            "__slice__": [
+                _encode_value(v) for v in (value.start, value.stop, value.step)
+            ]
+        }
     if isinstance(value, tuple):
         if len(value) == 2 and value[1] is Ellipsis and isinstance(value[0], str):
             return {"__variadic__": value[0]}
@@ -145,7 +157,9 @@ def _encode_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_encode_value(v) for v in value]
     if isinstance(value, dict):
-        return {"__dict__": [[_encode_value(k), _encode_value(v)] for k, v in value.items()]}
+        return {
+            "__dict__": [[_encode_value(k), _encode_value(v)] for k, v in value.items()]
+        }
     if isinstance(value, np.ndarray):
         return {"__array__": value.tolist(), "dtype": value.dtype.name}
     if isinstance(value, np.generic):

@@ -1,10 +1,11 @@
-"""Symbolic shapes: union-find dims and variadic runs, unification, and the rule worklist.
+"""Symbolic shapes: union-find dims and variadic runs, unification, and the rule
+worklist.
 
-A shape is a sequence of :class:`Dim` (one axis, a known int or a symbol) with at most one
-:class:`Var` (a run of zero or more axes whose length is not yet known). Binding two
-terminals to one connection unifies their shapes; primitives add :class:`Rule` objects for
-relations a template cannot say (broadcasting, reductions ...). Rules watch the dims and
-runs they read and re-run only when one of those changes, so composition stays
+A shape is a sequence of :class:`Dim` (one axis, a known int or a symbol) with at most
+one :class:`Var` (a run of zero or more axes whose length is not yet known). Binding two
+terminals to one connection unifies their shapes; primitives add :class:`Rule` objects
+for relations a template cannot say (broadcasting, reductions ...). Rules watch the dims
+and runs they read and re-run only when one of those changes, so composition stays
 near-linear in model size.
 """
 
@@ -51,7 +52,8 @@ class Dim:
 
 
 class Var:
-    """A variadic run of axes; once resolved it stands for ``prefix + [inner] + suffix``."""
+    """A variadic run of axes; once resolved it stands for
+    ``prefix + [inner] + suffix``."""
 
     __slots__ = ("parent", "resolved", "name", "watchers")
 
@@ -113,7 +115,8 @@ def _expand_var(var: Var) -> tuple[list[Dim], Var | None, list[Dim]]:
 
 
 class ShapeNode:
-    """The shape of one connection (items are shared with other shapes after unification)."""
+    """The shape of one connection (items are shared with other shapes after
+    unification)."""
 
     __slots__ = ("items",)
 
@@ -160,7 +163,8 @@ class ShapeNode:
 
 
 def template(spec: Sequence[Any] | None, symbols: dict[str, Item]) -> ShapeNode:
-    """Build a shape from a template: ints, named dims (str), ``None`` and ``("V", ...)``.
+    """Build a shape from a template: ints, named dims (str), ``None`` and
+    ``("V", ...)``.
 
     Names are looked up in (and added to) ``symbols`` so that one name ties dims across
     the terminals of a primitive.
@@ -198,7 +202,7 @@ def template(spec: Sequence[Any] | None, symbols: dict[str, Item]) -> ShapeNode:
     return ShapeNode(items)
 
 
-# -- unification ------------------------------------------------------------------------
+# -- unification -----------------------------------------------------------------------
 
 
 def unify_dims(a: Dim, b: Dim) -> None:
@@ -345,14 +349,14 @@ def unify_with_dims(shape: ShapeNode, dims: Iterable[Dim | int | None]) -> None:
     unify(shape, ShapeNode(items))
 
 
-# -- rules and the worklist -------------------------------------------------------------
+# -- rules and the worklist ------------------------------------------------------------
 
 
 class Rule:
     """A relation between terminals of one primitive, re-run when what it reads changes.
 
-    ``fn(rule)`` inspects ``rule.terminals`` (name -> Connection), applies what it can and
-    returns ``True`` when nothing more can be learned.
+    ``fn(rule)`` inspects ``rule.terminals`` (name -> Connection), applies what it can
+    and returns ``True`` when nothing more can be learned.
     """
 
     __slots__ = ("fn", "terminals", "owner", "done", "queued", "__weakref__", "order")
@@ -406,7 +410,8 @@ def notify(watchers: set[Rule] | None) -> None:
 
 
 def solve(on_error: Callable[[Rule, Exception], None]) -> None:
-    """Run queued rules to a fixed point; ``on_error`` turns a conflict into a user error."""
+    """Run queued rules to a fixed point; ``on_error`` turns a conflict into a user
+    error."""
     while _QUEUE:
         rule = _QUEUE.popleft()
         rule.queued = False

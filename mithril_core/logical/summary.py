@@ -35,7 +35,8 @@ def _describe(conn: Connection) -> str:
 
 
 def _param_count(model: BaseModel) -> int:
-    """Elements of float tensor inputs with known shapes below ``model`` (parameters)."""
+    """Elements of float tensor inputs with known shapes below ``model``
+    (parameters)."""
     seen: set[int] = set()
     total = 0
     primitives = (

@@ -1,4 +1,5 @@
-"""Type sets: what a connection may hold (tensor of float/int/bool, or a Python value)."""
+"""Type sets: what a connection may hold (tensor of float/int/bool, or a Python
+value)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def _atom(kind: Any) -> str:
 
 
 def to_type_set(kind: Any) -> frozenset[str]:
-    """Convert a user annotation (``Tensor[float]``, ``int | float``, ``list``) to atoms."""
+    """Convert a user annotation (``Tensor[float]``, ``int | float``, ``list``) to
+    atoms."""
     if kind is None:
         return ANY
     if isinstance(kind, frozenset):

@@ -76,8 +76,8 @@ class BatchNorm2D(Model):
 
     Training uses batch statistics; ``running_mean``/``running_var`` (shape ``[C]``) are
     state: supplied with the params, initialised to 0 and 1, used when compiled with
-    ``inference=True``, and returned updated (``momentum`` as PyTorch, unbiased variance)
-    as the outputs ``<key>_updated`` when compiled for training.
+    ``inference=True``, and returned updated (``momentum`` as PyTorch, unbiased
+    variance) as the outputs ``<key>_updated`` when compiled for training.
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""``compile``: logical model -> flat graph -> generated code -> :class:`PhysicalModel`."""
+"""``compile``: logical model -> flat graph -> generated code ->
+:class:`PhysicalModel`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from mithril_core.logical.connection import NOVALUE, Connection
 from mithril_core.logical.model import BaseModel, Model, solve
 from mithril_core.physical import flat
 from mithril_core.plugins import get_registry
+
+if TYPE_CHECKING:
+    from mithril_core.physical.physical_model import PhysicalModel
 
 logger = logging.getLogger("mithril_core.compile")
 
@@ -62,7 +66,10 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         msg = f"compile() expects a model, got {type(model).__name__}."
         raise TypeError(msg)
     if not isinstance(backend, Backend):
-        msg = f"compile() expects a backend instance (e.g. ml.NumpyBackend()), got {backend!r}."
+        msg = (
+            "compile() expects a backend instance (e.g. ml.NumpyBackend()), "
+            f"got {backend!r}."
+        )
         raise TypeError(msg)
     model._ensure_built()
     if model._parent is not None:
@@ -354,7 +361,10 @@ def _apply_shape(conn: Connection, key: str, shape: list[int | None]) -> None:
         sh.clear_queue()
         sources = "; ".join(dict.fromkeys(conn.sources))
         where = f" (connected at {sources})" if sources else ""
-        msg = f"{key}: shape {shape} given to compile conflicts with {before} ({exc}){where}"
+        msg = (
+            f"{key}: shape {shape} given to compile "
+            f"conflicts with {before} ({exc}){where}"
+        )
         raise ShapeError(msg) from None
 
 
@@ -430,7 +440,8 @@ def _check_lowerings(
         msg = (
             f"Backend {backend!r} has no lowering for {len(missing)} primitive(s):\n"
             + "\n".join(lines)
-            + "\nInstall or write a plugin providing them (see `python -m mithril_core ops`)."
+            + "\nInstall or write a plugin providing them "
+            "(see `python -m mithril_core ops`)."
         )
         raise MissingLoweringError(msg)
 

@@ -1,7 +1,7 @@
 """Reusable shape, type and value rules for primitive declarations.
 
-A rule is ``fn(rule) -> bool``: it reads its primitive's terminals (``rule.conn(name)``),
-applies what it can learn and returns ``True`` once finished.
+A rule is ``fn(rule) -> bool``: it reads its primitive's terminals
+(``rule.conn(name)``), applies what it can learn and returns ``True`` once finished.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def normalize_axes(axis: Any, rank: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-# -- types --------------------------------------------------------------------------------
+# -- types -----------------------------------------------------------------------------
 
 
 def promote_types(*inputs: str, true_divide: bool = False) -> RuleFn:
@@ -65,7 +65,8 @@ def same_type(source: str = "input") -> RuleFn:
 
 
 def kind_type(kind: str, source: str = "input") -> RuleFn:
-    """Output is a ``kind`` tensor if ``source`` is a tensor, a ``kind`` scalar otherwise."""
+    """Output is a ``kind`` tensor if ``source`` is a tensor, a ``kind`` scalar
+    otherwise."""
 
     def kind_type_rule(rule: sh.Rule) -> bool:
         src = rule.conn(source)
@@ -91,7 +92,7 @@ def tensor_if_any(kind: str, *inputs: str) -> RuleFn:
     return tensor_if_any_rule
 
 
-# -- shapes -------------------------------------------------------------------------------
+# -- shapes ----------------------------------------------------------------------------
 
 
 def broadcast(*inputs: str) -> RuleFn:

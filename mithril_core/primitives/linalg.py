@@ -9,7 +9,8 @@ from mithril_core.primitives import _rules as r
 
 
 class MatrixMultiply(Primitive):
-    """``left @ right`` with NumPy matmul semantics (1-D operands, batch broadcasting)."""
+    """``left @ right`` with NumPy matmul semantics (1-D operands, batch
+    broadcasting)."""
 
     op_name = "matrix_multiply"
     rules = (r.matmul_shape, r.promote_types("left", "right"))

@@ -1,4 +1,5 @@
-"""Shape manipulation: reshape, transpose, flatten, concat, split, indexing and friends."""
+"""Shape manipulation: reshape, transpose, flatten, concat, split, indexing and
+friends."""
 
 from __future__ import annotations
 
@@ -144,7 +145,8 @@ class Shape(Primitive):
 
 
 class ToList(Primitive):
-    """Collect ``n`` inputs into a list (created when a list of connections is bound)."""
+    """Collect ``n`` inputs into a list (created when a list of connections is
+    bound)."""
 
     op_name = "to_list"
     rules = (r.to_sequence(list),)

@@ -29,7 +29,9 @@ def test_logical_summary_lists_children_shapes_and_params(capsys):
     lines = text.splitlines()
     assert lines[0].split() == ["model", "type", "inputs", "outputs", "params"]
     row = next(line for line in lines if line.strip().startswith("linear_0 "))
-    assert "weight: [8, 4]" in row and "bias: [8]" in row and row.rstrip().endswith("40")
+    assert (
+        "weight: [8, 4]" in row and "bias: [8]" in row and row.rstrip().endswith("40")
+    )
     top = next(line for line in lines if line.startswith("custom_mlp"))
     assert top.rstrip().endswith(f"{8 * 4 + 8 + 3 * 8 + 3}")
 

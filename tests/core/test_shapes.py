@@ -52,7 +52,9 @@ def test_named_dims_are_shared_across_terminals():
 
 def test_broadcasting_rule():
     model = Model()
-    model |= Add()(left=IOKey("a", shape=[4, 1, 3]), right=IOKey("b", shape=[5, 1]), output="c")
+    model |= Add()(
+        left=IOKey("a", shape=[4, 1, 3]), right=IOKey("b", shape=[5, 1]), output="c"
+    )
     assert shape_of(model.c) == [4, 5, 3]
 
 
@@ -65,17 +67,26 @@ def test_broadcast_with_unknown_rank_keeps_known_suffix():
 
 @pytest.mark.parametrize(
     ("axis", "keepdim", "expected"),
-    [(None, False, []), (1, False, [2, 4]), ((0, 2), True, [1, 3, 1]), (-1, False, [2, 3])],
+    [
+        (None, False, []),
+        (1, False, [2, 4]),
+        ((0, 2), True, [1, 3, 1]),
+        (-1, False, [2, 3]),
+    ],
 )
 def test_reduction_shapes(axis, keepdim, expected):
     model = Model()
-    model |= Sum(axis=axis, keepdim=keepdim)(input=IOKey("x", shape=[2, 3, 4]), output="y")
+    model |= Sum(axis=axis, keepdim=keepdim)(
+        input=IOKey("x", shape=[2, 3, 4]), output="y"
+    )
     assert shape_of(model.y) == expected
 
 
 def test_reduction_axis_out_of_range_is_reported():
     model = Model(name="net")
-    with pytest.raises(ml.ShapeError, match="net.mean_0: axis 3 is out of range for rank 2"):
+    with pytest.raises(
+        ml.ShapeError, match="net.mean_0: axis 3 is out of range for rank 2"
+    ):
         model |= Mean(axis=3)(input=IOKey("x", shape=[2, 3]), output="y")
 
 

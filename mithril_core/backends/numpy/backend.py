@@ -1,4 +1,5 @@
-"""NumPy backend: arrays are ``numpy.ndarray``; gradients come from generated VJP code."""
+"""NumPy backend: arrays are ``numpy.ndarray``; gradients come from generated VJP
+code."""
 
 from __future__ import annotations
 
