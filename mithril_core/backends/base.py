@@ -36,6 +36,9 @@ class Program:
     grad_keys: tuple[str, ...]
     differentiable_outputs: tuple[str, ...] = field(default_factory=tuple)
     source: str = ""
+    # key -> one mesh-axis name (or None) per dim; only for backends with
+    # ``supports_sharding`` (see ``compile(shardings=...)``).
+    shardings: dict[str, tuple[str | None, ...]] = field(default_factory=dict)
 
 
 class Backend(ABC):
@@ -49,6 +52,7 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     has_autograd: ClassVar[bool] = False
     supports_jit: ClassVar[bool] = False
+    supports_sharding: ClassVar[bool] = False
     supported_dtypes: ClassVar[frozenset[str]] = frozenset()
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
 

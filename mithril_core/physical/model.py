@@ -47,6 +47,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     inference: bool = False,
     jit: bool = True,
     file_path: str | None = None,
+    shardings: Mapping[str, Iterable[str | None]] | None = None,
 ) -> PhysicalModel:
     """Compile ``model`` for ``backend``.
 
@@ -60,6 +61,9 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         Dropout/BatchNorm in inference mode).
     :param jit: let the backend jit the generated function.
     :param file_path: also write the generated source there.
+    :param shardings: key -> mesh-axis name (or ``None``) per dim, e.g.
+        ``{"input": ("data", None), "weight": (None, "model")}``, for backends created
+        with a ``device_mesh`` (JAX, Torch).
     """
     timer = _PhaseTimer()
     if not isinstance(model, BaseModel):
@@ -178,6 +182,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
             inference,
             file_path,
         )
+    program.shardings = _check_shardings(shardings, graph, backend)
     evaluator = backend.build_evaluator(program, jit=jit and backend.supports_jit)
     timer.done("codegen")
     from mithril_core.physical.physical_model import PhysicalModel
@@ -331,6 +336,40 @@ def _all_connections(model: Model) -> list[Connection]:
             conns.extend(child._conns.values())
             stack.extend(child._children)
     return conns
+
+
+def _check_shardings(
+    shardings: Mapping[str, Iterable[str | None]] | None,
+    graph: flat.FlatGraph,
+    backend: Backend,
+) -> dict[str, tuple[str | None, ...]]:
+    if not shardings:
+        return {}
+    if not backend.supports_sharding:
+        msg = (
+            f"{type(backend).__name__} does not support shardings; use a backend "
+            "created with a device_mesh (JaxBackend, TorchBackend)."
+        )
+        raise CompileError(msg)
+    result: dict[str, tuple[str | None, ...]] = {}
+    for key, spec in shardings.items():
+        value = graph.inputs.get(key) or graph.outputs.get(key)
+        if value is None:
+            msg = (
+                f"shardings: unknown key {key!r}; inputs: {list(graph.inputs)}, "
+                f"outputs: {list(graph.outputs)}."
+            )
+            raise InputKeyError(msg)
+        spec = tuple(spec)
+        shape = value.shape()
+        if shape is not None and len(spec) != len(shape):
+            msg = (
+                f"shardings[{key!r}] = {spec} has {len(spec)} entries for a value of "
+                f"shape {shape}; give one mesh axis (or None) per dim."
+            )
+            raise ShapeError(msg)
+        result[key] = spec
+    return result
 
 
 def _collect_states(
