@@ -169,7 +169,11 @@ class PythonCodegen:
         grad_ids = {id(graph.inputs[k]) for k in grad_keys}
         requires: set[int] = set(grad_ids)
         for node in graph.nodes:
-            if any(id(v) in requires for v in node.inputs) and _is_float(node.output):
+            if (
+                node.primitive.differentiable
+                and any(id(v) in requires for v in node.inputs)
+                and _is_float(node.output)
+            ):
                 requires.add(id(node.output))
         # Backward reachability: only nodes between grad keys and seeded outputs.
         reaching = {id(graph.outputs[k]) for k in seeded}

@@ -296,7 +296,7 @@ class Connection:
 
     @property
     def T(self) -> Connection:  # noqa: N802 - mirrors numpy
-        return self._call("Transpose", self, None)
+        return self._call("Transpose", self, axes=None)
 
     def reshape(self, *shape: Any) -> Connection:
         if len(shape) == 1 and isinstance(shape[0], tuple | list | Connection):
@@ -306,7 +306,7 @@ class Connection:
     def transpose(self, *axes: Any) -> Connection:
         if len(axes) == 1 and isinstance(axes[0], tuple | list):
             axes = tuple(axes[0])
-        return self._call("Transpose", self, tuple(axes) if axes else None)
+        return self._call("Transpose", self, axes=tuple(axes) if axes else None)
 
     def sum(self, axis: Any = None, keepdim: bool = False) -> Connection:
         return self._call("Sum", self, axis=axis, keepdim=keepdim)

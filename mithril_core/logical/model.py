@@ -1,4 +1,5 @@
-"""Logical models: primitives, composite models, operators and how they are connected."""
+"""Logical models: primitives, composite models, operators and how they are
+connected."""
 
 from __future__ import annotations
 
@@ -109,12 +110,18 @@ class BaseModel:
     def cin_name(self) -> str | None:
         return None
 
+    def _name_canonical(self, key: str) -> bool:
+        """Name an unnamed canonical input/output ``key`` (``input``/``output``) so
+        that it can be bound; ``False`` if there is none."""
+        return False
+
     # -- calling -----------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Connection:
-        """Bind terminals (positionally in input order, or by name) and return the output.
+        """Bind terminals (positionally in input order, or by name) and return the
+        output.
 
-        The model is added to a parent by ``parent |= model(...)``, ``parent += ...``, or
-        when a connection that depends on its output is added (functional style).
+        The model is added to a parent by ``parent |= model(...)``, ``parent += ...``,
+        or when a connection that depends on its output is added (functional style).
         """
         self._ensure_built()
         if self._parent is not None:
@@ -136,7 +143,7 @@ class BaseModel:
                 raise ModelConnectionError(msg)
             bindings[key] = value
         for key in bindings:
-            if key not in self.terminal_names():
+            if key not in self.terminal_names() and not self._name_canonical(key):
                 msg = (
                     f"{self.path()}: has no terminal {key!r}; its terminals are "
                     f"{self.terminal_names()}."
@@ -151,7 +158,8 @@ class BaseModel:
         return self(*args, **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
-        """This model's definition as a JSON-safe dict (``Model.from_dict`` rebuilds it)."""
+        """This model's definition as a JSON-safe dict (``Model.from_dict`` rebuilds
+        it)."""
         from mithril_core.logical.serialize import model_to_dict
 
         return model_to_dict(self)
@@ -174,15 +182,18 @@ class BaseModel:
 class Primitive(BaseModel):
     """A model with no children: one operation with a lowering on every backend.
 
-    Subclasses set ``op_name`` and call ``super().__init__(name=..., **terminals)`` with an
-    :class:`IOKey` template (or a constant, or a connection) per terminal; ``output`` is
-    the output, the others are inputs in the order given. ``rules`` holds shape/type rule
-    functions for relations a template cannot express.
+    Subclasses set ``op_name`` and call ``super().__init__(name=..., **terminals)`` with
+    an :class:`IOKey` template (or a constant, or a connection) per terminal; ``output``
+    is the output, the others are inputs in the order given. ``rules`` holds shape/type
+    rule functions for relations a template cannot express.
     """
 
     op_name: ClassVar[str] = ""
     rules: ClassVar[tuple[RuleFn, ...]] = ()
     output_name: ClassVar[str] = "output"
+    # False for ops whose gradient is zero everywhere it exists (floor division,
+    # stop_gradient): no gradient flows back through them.
+    differentiable: ClassVar[bool] = True
 
     def __init__(self, name: str | None = None, **terminals: Any) -> None:
         super().__init__(name=name)
@@ -276,8 +287,9 @@ def _normalize_constant(value: Any) -> Any:
 class Model(BaseModel):
     """A composite model: children connected by named or anonymous connections.
 
-    ``model |= child(...)`` adds ``child`` with explicit bindings; ``model += child(...)``
-    also binds the child's canonical input to this model's canonical output.
+    ``model |= child(...)`` adds ``child`` with explicit bindings;
+    ``model += child(...)`` also binds the child's canonical input to this model's
+    canonical output.
     """
 
     def __init__(self, name: str | None = None) -> None:
@@ -307,7 +319,8 @@ class Model(BaseModel):
             owner = _pending_owner(other)
             if owner is None:
                 msg = (
-                    f"{self.path()}: {other.display_name()} is not the result of a call; "
+                    f"{self.path()}: {other.display_name()} "
+                    "is not the result of a call; "
                     "add a model or the result of calling one."
                 )
                 raise ModelConnectionError(msg)
@@ -436,7 +449,8 @@ class Model(BaseModel):
             if top._pending is None:
                 msg = (
                     f"{self.path()}: {conn.display_name()} belongs to model "
-                    f"{top.path()}, which is not part of {self.path()}. Call that model "
+                    f"{top.path()}, which is not part of {self.path()}. "
+                    "Call that model "
                     "(or add it) before using its connections."
                 )
                 raise ModelConnectionError(msg)
@@ -539,6 +553,16 @@ class Model(BaseModel):
         cin.names.append((self, name))
         return name
 
+    def _name_canonical(self, key: str) -> bool:
+        # ``shortcut(input=..., output=...)`` on a model built only with ``+=``.
+        if key == "input" and self._cin is not None:
+            return self.cin_name() == "input"
+        if key == "output" and self._cout is not None and key not in self._conns:
+            self._conns[key] = self._cout
+            self._cout.find().names.append((self, key))
+            return True
+        return False
+
     def __getattr__(self, name: str) -> Connection:
         if name.startswith("_"):
             raise AttributeError(name)
@@ -639,7 +663,8 @@ def _pending_owner(conn: Connection) -> BaseModel | None:
 
 
 def solve() -> None:
-    """Run the shape/type rules to a fixed point, raising a located error on conflict."""
+    """Run the shape/type rules to a fixed point, raising a located error on
+    conflict."""
     sh.solve(_raise_rule_error)
 
 

@@ -255,3 +255,28 @@ def fold_constants(
 
 def used_values(nodes: Iterable[Node]) -> set[int]:
     return {id(v) for n in nodes for v in n.inputs}
+
+
+def cast_promoted_floats(graph: FlatGraph, dtype_name: str) -> None:
+    """Cast float results computed from int/bool tensors to the backend's float dtype.
+
+    Frameworks pick their own float type for ``int / int`` or ``mean(int)`` (NumPy
+    float64, torch float32); the model promises the backend dtype.
+    """
+    from mithril_core.primitives import Cast
+
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        nodes.append(node)
+        if node.output.types != {ty.TENSOR_FLOAT} or node.op == "cast":
+            continue
+        if any(ty.TENSOR_FLOAT in v.types for v in node.inputs):
+            continue
+        if not any(v.types & ty.TENSORS for v in node.inputs):
+            continue
+        final = node.output
+        node.output = Value(f"{final.name}_uncast", final.conn)
+        cast = Cast(dtype=dtype_name)
+        dtype = Value(f"{final.name}_dtype", cast._terminals["dtype"].find(), dtype_name)
+        nodes.append(Node(cast, f"{node.path}_cast", [node.output, dtype], final))
+    graph.nodes = nodes

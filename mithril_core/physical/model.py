@@ -134,6 +134,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     numpy_lowerings = registry.lowerings("numpy")
     flat.fold_constants(graph, lambda node, args: _fold(node, args, numpy_lowerings))
     flat.prune(graph)
+    flat.cast_promoted_floats(graph, backend.dtype.name)
     timer.done("passes")
 
     input_keys = tuple(graph.inputs)

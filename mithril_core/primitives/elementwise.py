@@ -70,6 +70,7 @@ class FloorDivide(_Binary):
     """Floor division ``left // right`` with broadcasting."""
 
     op_name = "floor_divide"
+    differentiable = False
     rules = _binary_rules(operator.floordiv)
 
 
@@ -288,6 +289,7 @@ class StopGradient(_Unary):
     """Identity whose gradient is zero."""
 
     op_name = "stop_gradient"
+    differentiable = False
     rules = _SAME
 
 

@@ -39,13 +39,11 @@ class Transpose(Primitive):
     op_name = "transpose"
     rules = (r.transpose_shape, r.same_type())
 
-    def __init__(self, axes: Any = NOVALUE, name: str | None = None) -> None:
+    def __init__(self, axes: Any = None, name: str | None = None) -> None:
         super().__init__(
             name=name,
             input=IOKey(type=ty.TENSORS),
-            axes=IOKey(type=tuple | list | None)
-            if axes is NOVALUE
-            else _as_tuple(axes),
+            axes=_as_tuple(axes),
             output=IOKey(type=ty.TENSORS),
         )
 

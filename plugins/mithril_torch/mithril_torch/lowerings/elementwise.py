@@ -33,7 +33,8 @@ def divide(left: Value, right: Value) -> Any:
 
 
 def floor_divide(left: Value, right: Value) -> Any:
-    return left // right
+    # `//` (aten::floor_divide) has no derivative; a floor-mode div has a zero one.
+    return torch.div(_tensor(left), right, rounding_mode="floor")
 
 
 def power(base: Value, exponent: Value) -> Any:

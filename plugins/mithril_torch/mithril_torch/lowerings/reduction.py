@@ -18,6 +18,8 @@ def sum(input: torch.Tensor, axis: Axis, keepdim: bool) -> torch.Tensor:
 
 
 def mean(input: torch.Tensor, axis: Axis, keepdim: bool) -> torch.Tensor:
+    if not input.is_floating_point():  # torch.mean refuses ints; promote as int / int
+        input = input.to(torch.get_default_dtype())
     return torch.mean(input, dim=axis, keepdim=keepdim)
 
 

@@ -1,0 +1,107 @@
+"""Shared fixtures: every installed backend, found at collection time.
+
+A test that takes ``backend_name`` runs once per installed backend, so a newly installed
+backend plugin joins every such test with no test edits. A test that also takes
+``float_dtype`` runs once per (backend, float dtype the backend supports) pair, float64
+first. Cases marked as known gaps (``known_gaps`` of a ``case`` parameter) are xfailed
+at collection, strictly, so that a fixed gap shows up as a failure to clean up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import pytest
+
+import mithril_core as ml
+
+FLOAT_DTYPES = ("float64", "float32")
+
+
+@cache
+def backend_names() -> tuple[str, ...]:
+    return tuple(ml.available_backends())
+
+
+def float_dtypes(name: str) -> tuple[str, ...]:
+    """Float dtypes to test ``name`` with: float64 where it has it, and float32."""
+    from mithril_core.plugins import get_registry
+
+    supported = get_registry().backend_class(name).supported_dtypes
+    return tuple(d for d in FLOAT_DTYPES if d in supported)
+
+
+@cache
+def _make_backend(name: str, dtype: str = "float32") -> Any:
+    return ml.backend(name, dtype=getattr(ml, dtype))
+
+
+@pytest.fixture
+def make_backend() -> Callable[..., Any]:
+    """``make_backend(name, dtype="float32")``: a shared backend ``name`` whose default
+    float dtype is ``dtype`` (a name such as ``"float64"``)."""
+    return _make_backend
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" not in metafunc.fixturenames or _parametrizes(
+        metafunc, "backend_name"
+    ):
+        return
+    if "float_dtype" in metafunc.fixturenames:
+        pairs = [(n, d) for n in backend_names() for d in float_dtypes(n)]
+        metafunc.parametrize(
+            ("backend_name", "float_dtype"),
+            pairs,
+            ids=[f"{n}-{d}" for n, d in pairs],
+        )
+    else:
+        metafunc.parametrize("backend_name", backend_names())
+
+
+def _parametrizes(metafunc: pytest.Metafunc, name: str) -> bool:
+    """Whether the test parametrizes ``name`` itself (then it picks its backends)."""
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",")]
+        if name in names:
+            return True
+    return False
+
+
+@pytest.fixture
+def backend(backend_name: str) -> Any:
+    """The backend ``backend_name`` with float32 as its default dtype."""
+    return _make_backend(backend_name, "float32")
+
+
+def gap_reason(
+    known_gaps: dict[str, str], backend_name: str, *variants: str
+) -> str | None:
+    """The reason of the first key of ``known_gaps`` matching ``backend_name`` alone or
+    ``backend_name-variant`` (``"mlx-float64"``, ``"torch-jit"``)."""
+    for key in (backend_name, *(f"{backend_name}-{v}" for v in variants)):
+        if key in known_gaps:
+            return known_gaps[key]
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None:
+            continue
+        case = callspec.params.get("case")
+        name = callspec.params.get("backend_name", callspec.params.get("jit_backend"))
+        gaps = getattr(case, "known_gaps", None)
+        if not gaps or name is None:
+            continue
+        variants = [callspec.params.get("float_dtype", "")]
+        if "jit" in item.originalname:
+            variants.append("jit")
+        reason = gap_reason(gaps, name, *variants)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=True))

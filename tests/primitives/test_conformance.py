@@ -1,0 +1,1043 @@
+"""Every core primitive on every installed backend, against float64 NumPy.
+
+One case table. Each case builds a small model, runs it on each backend (float64 where
+the backend has it, and float32), and checks the outputs against a float64 NumPy
+reference computed here, and the gradients of float inputs against central finite
+differences of that same reference (with a random output gradient), never against our
+own VJP rules. Backends that jit are also checked jit=True against jit=False.
+
+Known gaps live in the table (``known_gaps={"mlx-float64": "reason"}``; a key is a
+backend name, optionally with ``-float64``/``-float32``/``-jit``); conftest xfails them
+strictly.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import numpy as np
+import pytest
+
+import mithril_core as ml
+from mithril_core.models import IOKey, Model, Tensor
+from mithril_core.primitives import (
+    CORE_PRIMITIVES,
+    Absolute,
+    Add,
+    ArgMax,
+    ArgMin,
+    Buffer,
+    Cast,
+    Concat,
+    Cosine,
+    DimFromValue,
+    Divide,
+    Equal,
+    Expand,
+    Exponential,
+    Flatten,
+    FloorDivide,
+    Gelu,
+    Greater,
+    GreaterEqual,
+    Indexer,
+    LeakyRelu,
+    Less,
+    LessEqual,
+    Log,
+    LogicalAnd,
+    LogicalNot,
+    LogicalOr,
+    LogicalXor,
+    LogSoftmax,
+    MatrixMultiply,
+    Max,
+    Maximum,
+    Mean,
+    Min,
+    Minimum,
+    ModeSwitch,
+    Multiply,
+    Negate,
+    NotEqual,
+    Power,
+    Relu,
+    Reshape,
+    Shape,
+    Sigmoid,
+    SiLU,
+    Sine,
+    Softmax,
+    Softplus,
+    Split,
+    Sqrt,
+    Squeeze,
+    StopGradient,
+    Subtract,
+    Sum,
+    Tanh,
+    Transpose,
+    Unsqueeze,
+    Variance,
+    Where,
+)
+
+Build = Callable[[tuple[str, ...]], Model]
+
+_rng = np.random.default_rng(1234)
+
+
+# -- inputs --
+def randn(*shape: int) -> np.ndarray:
+    return _rng.standard_normal(shape)
+
+
+def away(*shape: int) -> np.ndarray:
+    """Normal samples at least 0.1 away from 0 (kinks of relu, abs, sign)."""
+    x = _rng.standard_normal(shape)
+    return np.sign(x) * (0.1 + np.abs(x))
+
+
+def positive(*shape: int) -> np.ndarray:
+    return _rng.uniform(0.5, 2.0, shape)
+
+
+def distinct(*shape: int) -> np.ndarray:
+    """Values at least 0.1 apart (no ties for max/min/argmax)."""
+    n = math.prod(shape)
+    return (_rng.permutation(n) * 0.1 - n * 0.05 + _rng.uniform(0, 0.02, n)).reshape(
+        shape
+    )
+
+
+def ints(*shape: int, high: int = 4) -> np.ndarray:
+    return _rng.integers(-high, high, shape).astype(np.int64)
+
+
+def bools(*shape: int) -> np.ndarray:
+    return _rng.random(shape) > 0.5
+
+
+# -- models --
+def op(
+    factory: Callable[..., Any],
+    call: Mapping[str, Any] | None = None,
+    types: Mapping[str, Any] | None = None,
+    **kw: Any,
+):
+    """Model around one primitive ``factory(**kw)``: each case input is an ``IOKey``
+    of the same name (typed by ``types``), ``call`` binds constants (``right=2.0``),
+    the output is ``output``."""
+
+    def build(names: tuple[str, ...]) -> Model:
+        model = Model()
+        terminals = {n: IOKey(n, type=(types or {}).get(n)) for n in names}
+        model |= factory(**kw)(**terminals, **(call or {}), output=IOKey("output"))
+        return model
+
+    return build
+
+
+def split_then_index(names: tuple[str, ...]) -> Model:
+    model = Model()
+    split = Split(split_size=2, axis=1)
+    model |= split(input=IOKey("input"))
+    model |= Buffer()(input=split.output[1], output=IOKey("output"))
+    return model
+
+
+def split_last_chunk(names: tuple[str, ...]) -> Model:
+    model = Model()
+    split = Split(split_size=2, axis=0)
+    model |= split(input=IOKey("input"))
+    model |= Indexer(index=-1)(input=split.output, output=IOKey("output"))
+    return model
+
+
+def concat_list(names: tuple[str, ...]) -> Model:
+    model = Model()
+    model |= Concat(axis=1)(input=[IOKey("a"), IOKey("b")], output=IOKey("output"))
+    return model
+
+
+def concat_tuple(names: tuple[str, ...]) -> Model:
+    model = Model()
+    model |= Concat(axis=0)(input=(IOKey("a"), IOKey("b")), output=IOKey("output"))
+    return model
+
+
+def reshape_like(names: tuple[str, ...]) -> Model:
+    """``input.reshape(other.shape) + other``: Shape, folded at compile time."""
+    model = Model()
+    model |= Shape()(input=IOKey("other"), output="other_shape")
+    model |= Reshape()(input=IOKey("input"), shape="other_shape", output="reshaped")
+    model |= Add()(left="reshaped", right="other", output=IOKey("output"))
+    return model
+
+
+def dim_from_value(names: tuple[str, ...]) -> Model:
+    """``left.shape[1]`` constrained to ``right.shape[0]``, then ``left @ right``."""
+    model = Model()
+    right = IOKey("right")
+    model |= DimFromValue(axis=1)(input=IOKey("left"), value=right.shape[0])
+    model |= MatrixMultiply()(left="left", right=right, output=IOKey("output"))
+    return model
+
+
+def mode_switch(names: tuple[str, ...]) -> Model:
+    """``switch(training=a, inference=b) * b``."""
+    model = Model()
+    model |= ModeSwitch()(
+        training=IOKey("a"), inference_value=IOKey("b"), output="chosen"
+    )
+    model |= Multiply()(left="chosen", right="b", output=IOKey("output"))
+    return model
+
+
+def stop_gradient(names: tuple[str, ...]) -> Model:
+    """``input * stop_gradient(input)``."""
+    model = Model()
+    model |= StopGradient()(input=IOKey("input"), output="frozen")
+    model |= Multiply()(left="input", right="frozen", output=IOKey("output"))
+    return model
+
+
+def chained_binary(names: tuple[str, ...]) -> Model:
+    """``(left - 1.5) / (right + 2) * 0.5`` with constants on both sides."""
+    model = Model()
+    model |= Subtract()(left=IOKey("left"), right=1.5, output="shifted")
+    model |= Add()(left=2.0, right=IOKey("right"), output="denominator")
+    model |= Divide()(left="shifted", right="denominator", output="ratio")
+    model |= Multiply()(left="ratio", right=0.5, output=IOKey("output"))
+    return model
+
+
+def functional(names: tuple[str, ...]) -> Model:
+    """Connection arithmetic: ``(x @ w).sum(axis=1) - x.mean()``."""
+    model = Model()
+    x, w = IOKey("x"), IOKey("w")
+    y = (x @ w).sum(axis=1) - x.mean()
+    model |= Buffer()(input=y, output=IOKey("output"))
+    return model
+
+
+# -- references --
+_erf = np.vectorize(math.erf)
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def variance(x: np.ndarray, axis: Any, keepdim: bool, correction: int) -> np.ndarray:
+    mean = x.mean(axis=axis, keepdims=True)
+    n = (
+        x.size
+        if axis is None
+        else math.prod(np.shape(x)[a] for a in np.atleast_1d(axis))
+    )
+    return ((x - mean) ** 2).sum(axis=axis, keepdims=keepdim) / (n - correction)
+
+
+# -- the table --
+@dataclass(frozen=True, eq=False)
+class Case:
+    """``build(input names)`` gives a model with output ``output``;
+    ``reference(*inputs)`` (inputs in table order, float64) gives its expected value.
+    Float inputs get gradients when ``grads``; int and bool inputs are data."""
+
+    id: str
+    build: Build
+    inputs: dict[str, np.ndarray]
+    reference: Callable[..., Any]
+    grads: bool = True
+    known_gaps: dict[str, str] = field(default_factory=dict)
+    # Analytic gradients (inputs, output_grad) -> {name: grad}, where finite differences
+    # of ``reference`` do not apply (stop_gradient).
+    grad_reference: Callable[..., dict[str, np.ndarray]] | None = None
+    out_dtype: str | None = None  # when a float output's dtype is not the backend's
+    shapes: dict[str, list[int | None]] | None = None  # default: the inputs' shapes
+    compile_options: dict[str, Any] = field(default_factory=dict)
+    jit: bool = True  # in the (small) torch jit subset
+
+    def __repr__(self) -> str:
+        return self.id
+
+
+def case(id: str, build: Build, inputs: dict[str, np.ndarray], reference, **kw) -> Case:
+    return Case(id, build, inputs, reference, **kw)
+
+
+def _with_axis(fn: Callable[..., Any], **kw: Any) -> Callable[..., Any]:
+    return lambda x: fn(x, **kw)
+
+
+# Int inputs to an always-float op: the output dtype follows the framework's promotion
+# (NumPy and JAX float64, torch and MLX float32), not the backend's dtype. Reported.
+
+TORCH_JIT = {
+    "add_broadcast",
+    "matmul_batched_broadcast",
+    "softmax_axis1",
+    "sum_axis_keepdim",
+    "concat_list",
+    "split_then_index",
+}
+
+CASES: list[Case] = [
+    # -- element-wise arithmetic, broadcasting and scalar constants --
+    case("add", op(Add), {"left": randn(3, 4), "right": randn(3, 4)}, np.add),
+    case("add_broadcast", op(Add), {"left": randn(3, 4), "right": randn(4)}, np.add),
+    case(
+        "add_broadcast_both",
+        op(Add),
+        {"left": randn(2, 1, 4), "right": randn(3, 1)},
+        np.add,
+    ),
+    case(
+        "add_scalar_constant",
+        op(Add, call={"right": 2.0}),
+        {"left": randn(3, 4)},
+        lambda x: x + 2.0,
+    ),
+    case(
+        "add_batch_of_1", op(Add), {"left": randn(1, 4), "right": randn(1, 1)}, np.add
+    ),
+    case(
+        "subtract", op(Subtract), {"left": randn(3, 4), "right": randn(4)}, np.subtract
+    ),
+    case(
+        "subtract_constant_left",
+        op(Subtract, call={"left": 1.5}),
+        {"right": randn(2, 3)},
+        lambda y: 1.5 - y,
+    ),
+    case(
+        "multiply",
+        op(Multiply),
+        {"left": randn(2, 3, 4), "right": randn(3, 1)},
+        np.multiply,
+    ),
+    case("divide", op(Divide), {"left": randn(3, 4), "right": positive(4)}, np.divide),
+    case(
+        "divide_int_by_int",
+        op(Divide, types={"left": Tensor[int], "right": Tensor[int]}),
+        {"left": ints(3, 4), "right": np.array([1, 2, 3, 4])},
+        np.divide,
+        grads=False,
+    ),
+    case(
+        "chained_constants",
+        chained_binary,
+        {"left": randn(3, 4), "right": positive(4)},
+        lambda a, b: (a - 1.5) / (b + 2.0) * 0.5,
+    ),
+    case(
+        "floor_divide",
+        op(FloorDivide),
+        {"left": 3 * randn(3, 4), "right": positive(4)},
+        np.floor_divide,
+    ),
+    case(
+        "floor_divide_int",
+        op(FloorDivide),
+        {"left": ints(3, 4, high=9), "right": np.array([1, 2, 3, 4])},
+        np.floor_divide,
+        grads=False,
+    ),
+    case(
+        "power", op(Power), {"base": positive(3, 4), "exponent": randn(3, 4)}, np.power
+    ),
+    case(
+        "power_scalar_exponent",
+        op(Power, call={"exponent": 3.0}),
+        {"base": randn(3, 4)},
+        lambda x: x**3.0,
+    ),
+    case(
+        "minimum",
+        op(Minimum),
+        {"left": distinct(3, 4), "right": distinct(4)},
+        np.minimum,
+    ),
+    case(
+        "maximum",
+        op(Maximum),
+        {"left": distinct(3, 4), "right": distinct(3, 4)},
+        np.maximum,
+    ),
+    case("negate", op(Negate), {"input": randn(3, 4)}, np.negative),
+    case("absolute", op(Absolute), {"input": away(3, 4)}, np.abs),
+    case("exponential", op(Exponential), {"input": randn(3, 4)}, np.exp),
+    case("log", op(Log), {"input": positive(3, 4)}, np.log),
+    case("sqrt", op(Sqrt), {"input": positive(3, 4)}, np.sqrt),
+    case("sine", op(Sine), {"input": randn(3, 4)}, np.sin),
+    case("cosine", op(Cosine), {"input": randn(3, 4)}, np.cos),
+    # -- activations --
+    case("relu", op(Relu), {"input": away(3, 4)}, lambda x: np.maximum(x, 0.0)),
+    case(
+        "leaky_relu",
+        op(LeakyRelu, slope=0.2),
+        {"input": away(3, 4)},
+        lambda x: np.where(x > 0, x, 0.2 * x),
+    ),
+    case(
+        "leaky_relu_default",
+        op(LeakyRelu),
+        {"input": away(2, 5)},
+        lambda x: np.where(x > 0, x, 0.01 * x),
+    ),
+    case(
+        "gelu",
+        op(Gelu),
+        {"input": 2 * randn(3, 4)},
+        gelu,
+        known_gaps={"mlx-float64": "MLX computes erf in float32 precision"},
+    ),
+    case(
+        "gelu_tanh", op(Gelu, approximate=True), {"input": 2 * randn(3, 4)}, gelu_tanh
+    ),
+    case("sigmoid", op(Sigmoid), {"input": 3 * randn(3, 4)}, sigmoid),
+    case("tanh", op(Tanh), {"input": 2 * randn(3, 4)}, np.tanh),
+    case(
+        "softplus",
+        op(Softplus),
+        {"input": np.array([[-40.0, -3.0, -0.5, 0.0], [0.7, 2.0, 25.0, 60.0]])},
+        lambda x: np.logaddexp(0.0, x),
+    ),
+    case("silu", op(SiLU), {"input": 3 * randn(3, 4)}, lambda x: x * sigmoid(x)),
+    case("softmax", op(Softmax), {"input": randn(3, 5)}, _with_axis(softmax, axis=-1)),
+    case(
+        "softmax_axis1",
+        op(Softmax, axis=1),
+        {"input": randn(2, 3, 4)},
+        _with_axis(softmax, axis=1),
+    ),
+    case(
+        "softmax_batch_of_1",
+        op(Softmax),
+        {"input": randn(1, 5)},
+        _with_axis(softmax, axis=-1),
+    ),
+    case(
+        "log_softmax",
+        op(LogSoftmax),
+        {"input": 3 * randn(3, 5)},
+        _with_axis(log_softmax, axis=-1),
+    ),
+    case(
+        "log_softmax_axis0",
+        op(LogSoftmax, axis=0),
+        {"input": randn(4, 3)},
+        _with_axis(log_softmax, axis=0),
+    ),
+    # -- comparisons and logic (bool outputs, no gradients) --
+    case(
+        "greater",
+        op(Greater),
+        {"left": randn(3, 4), "right": randn(4)},
+        np.greater,
+        grads=False,
+    ),
+    case(
+        "greater_scalar",
+        op(Greater, call={"right": 0.0}),
+        {"left": away(3, 4)},
+        lambda x: x > 0.0,
+        grads=False,
+    ),
+    case(
+        "greater_equal",
+        op(GreaterEqual),
+        {"left": ints(3, 4).astype(float), "right": ints(4).astype(float)},
+        np.greater_equal,
+        grads=False,
+    ),
+    case(
+        "less",
+        op(Less),
+        {"left": randn(3, 4), "right": randn(3, 4)},
+        np.less,
+        grads=False,
+    ),
+    case(
+        "less_equal",
+        op(LessEqual),
+        {"left": ints(3, 4).astype(float), "right": ints(3, 1).astype(float)},
+        np.less_equal,
+        grads=False,
+    ),
+    case(
+        "equal",
+        op(Equal),
+        {
+            "left": ints(3, 4, high=2).astype(float),
+            "right": ints(4, high=2).astype(float),
+        },
+        np.equal,
+        grads=False,
+    ),
+    case(
+        "equal_int",
+        op(Equal),
+        {"left": ints(3, 4), "right": ints(3, 4)},
+        np.equal,
+        grads=False,
+    ),
+    case(
+        "not_equal",
+        op(NotEqual),
+        {
+            "left": ints(3, 4, high=2).astype(float),
+            "right": ints(3, 4, high=2).astype(float),
+        },
+        np.not_equal,
+        grads=False,
+    ),
+    case(
+        "logical_and",
+        op(LogicalAnd),
+        {"left": bools(3, 4), "right": bools(4)},
+        np.logical_and,
+        grads=False,
+    ),
+    case(
+        "logical_or",
+        op(LogicalOr),
+        {"left": bools(3, 4), "right": bools(3, 4)},
+        np.logical_or,
+        grads=False,
+    ),
+    case(
+        "logical_xor",
+        op(LogicalXor),
+        {"left": bools(3, 4), "right": bools(3, 4)},
+        np.logical_xor,
+        grads=False,
+    ),
+    case(
+        "logical_not",
+        op(LogicalNot),
+        {"input": bools(3, 4)},
+        np.logical_not,
+        grads=False,
+    ),
+    # -- where, cast, stop_gradient --
+    case(
+        "where",
+        op(Where),
+        {"condition": bools(3, 4), "input1": randn(3, 4), "input2": randn(4)},
+        np.where,
+    ),
+    case(
+        "where_scalar",
+        op(Where, call={"input2": 0.0}),
+        {"condition": bools(3, 4), "input1": randn(3, 4)},
+        lambda c, x: np.where(c, x, 0.0),
+    ),
+    case(
+        "cast_float_to_int",
+        op(Cast, dtype="int64"),
+        {"input": 3 * randn(3, 4)},
+        lambda x: x.astype(np.int64),
+        grads=False,
+    ),
+    case(
+        "cast_int_to_float32",
+        op(Cast, dtype="float32"),
+        {"input": ints(3, 4)},
+        lambda x: x.astype(np.float32),
+        grads=False,
+        out_dtype="float32",
+    ),
+    case(
+        "cast_bool_to_int",
+        op(Cast, dtype="int32"),
+        {"input": bools(3, 4)},
+        lambda x: x.astype(np.int32),
+        grads=False,
+    ),
+    case(
+        "cast_float_to_bool",
+        op(Cast, dtype="bool"),
+        {"input": np.array([[0.0, 1.5, -2.0], [0.0, 0.0, 3.0]])},
+        lambda x: x.astype(bool),
+        grads=False,
+    ),
+    case(
+        "stop_gradient",
+        stop_gradient,
+        {"input": randn(3, 4)},
+        lambda x: x * x,
+        grad_reference=lambda inputs, g: {"input": g * inputs["input"]},
+    ),
+    # -- reductions --
+    case("sum_all", op(Sum), {"input": randn(3, 4)}, np.sum),
+    case(
+        "sum_axis_keepdim",
+        op(Sum, axis=1, keepdim=True),
+        {"input": randn(3, 4)},
+        lambda x: x.sum(axis=1, keepdims=True),
+    ),
+    case(
+        "sum_axes_tuple",
+        op(Sum, axis=(0, 2)),
+        {"input": randn(2, 3, 4)},
+        lambda x: x.sum(axis=(0, 2)),
+    ),
+    case(
+        "sum_negative_axis_batch_of_1",
+        op(Sum, axis=-1),
+        {"input": randn(1, 4)},
+        lambda x: x.sum(axis=-1),
+    ),
+    case("mean_all", op(Mean), {"input": randn(3, 4)}, np.mean),
+    case(
+        "mean_axis0_keepdim",
+        op(Mean, axis=0, keepdim=True),
+        {"input": randn(3, 4)},
+        lambda x: x.mean(axis=0, keepdims=True),
+    ),
+    case(
+        "mean_int",
+        op(Mean, types={"input": Tensor[int]}, axis=1),
+        {"input": ints(3, 4)},
+        lambda x: x.mean(axis=1),
+        grads=False,
+    ),
+    case("max_all", op(Max), {"input": distinct(3, 4)}, np.max),
+    case(
+        "max_axis",
+        op(Max, axis=1),
+        {"input": distinct(2, 3, 4)},
+        lambda x: x.max(axis=1),
+    ),
+    case(
+        "min_axis_keepdim",
+        op(Min, axis=-1, keepdim=True),
+        {"input": distinct(3, 4)},
+        lambda x: x.min(axis=-1, keepdims=True),
+    ),
+    case("min_all", op(Min), {"input": distinct(2, 3)}, np.min),
+    case("variance_all", op(Variance), {"input": randn(3, 4)}, lambda x: x.var()),
+    case(
+        "variance_axis_correction",
+        op(Variance, axis=1, correction=1),
+        {"input": randn(3, 5)},
+        lambda x: variance(x, 1, False, 1),
+    ),
+    case(
+        "variance_axes_keepdim",
+        op(Variance, axis=(0, 2), keepdim=True),
+        {"input": randn(2, 3, 4)},
+        lambda x: variance(x, (0, 2), True, 0),
+    ),
+    case("arg_max_all", op(ArgMax), {"input": distinct(3, 4)}, np.argmax, grads=False),
+    case(
+        "arg_max_axis",
+        op(ArgMax, axis=1),
+        {"input": distinct(3, 4)},
+        lambda x: x.argmax(axis=1),
+        grads=False,
+    ),
+    case(
+        "arg_max_keepdim",
+        op(ArgMax, axis=0, keepdim=True),
+        {"input": distinct(3, 4)},
+        lambda x: x.argmax(axis=0)[None],
+        grads=False,
+    ),
+    case(
+        "arg_min_axis",
+        op(ArgMin, axis=-1),
+        {"input": distinct(2, 3, 4)},
+        lambda x: x.argmin(axis=-1),
+        grads=False,
+    ),
+    case("arg_min_all", op(ArgMin), {"input": distinct(3, 4)}, np.argmin, grads=False),
+    # -- linear algebra --
+    case(
+        "matmul",
+        op(MatrixMultiply),
+        {"left": randn(3, 4), "right": randn(4, 2)},
+        np.matmul,
+    ),
+    case(
+        "matmul_1d_left",
+        op(MatrixMultiply),
+        {"left": randn(4), "right": randn(4, 2)},
+        np.matmul,
+    ),
+    case(
+        "matmul_1d_right",
+        op(MatrixMultiply),
+        {"left": randn(3, 4), "right": randn(4)},
+        np.matmul,
+    ),
+    case(
+        "matmul_1d_both",
+        op(MatrixMultiply),
+        {"left": randn(4), "right": randn(4)},
+        np.matmul,
+    ),
+    case(
+        "matmul_batched",
+        op(MatrixMultiply),
+        {"left": randn(2, 3, 4), "right": randn(2, 4, 5)},
+        np.matmul,
+    ),
+    case(
+        "matmul_batched_broadcast",
+        op(MatrixMultiply),
+        {"left": randn(2, 1, 3, 4), "right": randn(5, 4, 2)},
+        np.matmul,
+    ),
+    case(
+        "matmul_batch_of_1",
+        op(MatrixMultiply),
+        {"left": randn(1, 3), "right": randn(3, 2)},
+        np.matmul,
+    ),
+    case(
+        "functional_expression",
+        functional,
+        {"x": randn(3, 4), "w": randn(4, 2)},
+        lambda x, w: (x @ w).sum(axis=1) - x.mean(),
+    ),
+    # -- shape manipulation --
+    case(
+        "reshape",
+        op(Reshape, shape=(4, -1)),
+        {"input": randn(2, 3, 2)},
+        lambda x: x.reshape(4, -1),
+    ),
+    case(
+        "reshape_like_shape",
+        reshape_like,
+        {"input": randn(2, 6), "other": randn(3, 4)},
+        lambda x, y: x.reshape(3, 4) + y,
+    ),
+    case(
+        "transpose_reverse",
+        op(Transpose, axes=None),
+        {"input": randn(2, 3, 4)},
+        np.transpose,
+    ),
+    case(
+        "transpose_axes",
+        op(Transpose, axes=(1, 0, 2)),
+        {"input": randn(2, 3, 4)},
+        lambda x: x.transpose(1, 0, 2),
+    ),
+    case(
+        "flatten",
+        op(Flatten),
+        {"input": randn(2, 3, 4)},
+        lambda x: x.reshape(-1),
+    ),
+    case(
+        "flatten_start_end",
+        op(Flatten, start_dim=1, end_dim=2),
+        {"input": randn(2, 3, 4, 2)},
+        lambda x: x.reshape(2, 12, 2),
+    ),
+    case(
+        "concat_list",
+        concat_list,
+        {"a": randn(2, 3), "b": randn(2, 2)},
+        lambda a, b: np.concatenate([a, b], axis=1),
+    ),
+    case(
+        "concat_tuple",
+        concat_tuple,
+        {"a": randn(1, 3), "b": randn(2, 3)},
+        lambda a, b: np.concatenate([a, b], axis=0),
+    ),
+    case(
+        "split_then_index",
+        split_then_index,
+        {"input": randn(3, 5)},
+        lambda x: x[:, 2:4],
+    ),
+    case(
+        "split_last_chunk",
+        split_last_chunk,
+        {"input": randn(5, 2)},
+        lambda x: x[4:],
+    ),
+    case("index_int", op(Indexer, index=1), {"input": randn(3, 4)}, lambda x: x[1]),
+    case(
+        "index_negative",
+        op(Indexer, index=-1),
+        {"input": randn(3, 4)},
+        lambda x: x[-1],
+    ),
+    case(
+        "index_slices",
+        op(Indexer, index=(slice(None), slice(1, 3))),
+        {"input": randn(3, 4)},
+        lambda x: x[:, 1:3],
+    ),
+    case(
+        "index_step",
+        op(Indexer, index=slice(None, None, 2)),
+        {"input": randn(5, 2)},
+        lambda x: x[::2],
+    ),
+    case(
+        "index_ellipsis_none",
+        op(Indexer, index=(Ellipsis, None, 0)),
+        {"input": randn(2, 3, 4)},
+        lambda x: x[..., None, 0],
+    ),
+    case(
+        "squeeze_axis",
+        op(Squeeze, axis=1),
+        {"input": randn(3, 1, 4)},
+        lambda x: x.squeeze(1),
+    ),
+    case("squeeze_all", op(Squeeze), {"input": randn(1, 3, 1)}, np.squeeze),
+    case(
+        "unsqueeze",
+        op(Unsqueeze, axis=-1),
+        {"input": randn(3, 4)},
+        lambda x: x[..., None],
+    ),
+    case(
+        "expand",
+        op(Expand, shape=(2, 3, -1)),
+        {"input": randn(1, 4)},
+        lambda x: np.broadcast_to(x, (2, 3, 4)),
+    ),
+    case("buffer", op(Buffer), {"input": randn(3, 4)}, lambda x: x),
+    # -- compile-time primitives --
+    case(
+        "dim_from_value",
+        dim_from_value,
+        {"left": randn(3, 4), "right": randn(4, 2)},
+        np.matmul,
+        shapes={"left": [3, None], "right": [4, 2]},
+    ),
+    case(
+        "mode_switch_training",
+        mode_switch,
+        {"a": randn(3, 4), "b": randn(3, 4)},
+        lambda a, b: a * b,
+    ),
+    case(
+        "mode_switch_inference",
+        mode_switch,
+        {"b": randn(3, 4)},
+        lambda b: b * b,
+        grads=False,
+        compile_options={"inference": True},
+    ),
+]
+
+CASE_IDS = [c.id for c in CASES]
+
+
+# -- running --
+def _is_float(x: np.ndarray) -> bool:
+    return x.dtype.kind == "f"
+
+
+def _rounded(case: Case, dtype: str) -> dict[str, np.ndarray]:
+    """The inputs as the backend sees them (floats rounded to ``dtype``), in float64."""
+    return {
+        k: v.astype(dtype).astype(np.float64) if _is_float(v) else v
+        for k, v in case.inputs.items()
+    }
+
+
+def _trainable(case: Case) -> list[str]:
+    if not case.grads:
+        return []
+    return [k for k, v in case.inputs.items() if _is_float(v)]
+
+
+def _compile(case: Case, backend: Any, *, jit: bool) -> Any:
+    shapes = case.shapes or {k: list(v.shape) for k, v in case.inputs.items()}
+    trainable = set(_trainable(case))
+    return ml.compile(
+        case.build(tuple(case.inputs)),
+        backend,
+        shapes=shapes,
+        trainable_keys=trainable,
+        data_keys=set(case.inputs) - trainable,
+        jit=jit,
+        **case.compile_options,
+    )
+
+
+def _run(case: Case, backend: Any, dtype: str, *, jit: bool) -> tuple[Any, Any]:
+    """Outputs (and gradients, if the case has them) as NumPy arrays."""
+    pm = _compile(case, backend, jit=jit)
+    assert set(pm.input_keys) == set(case.inputs)
+    trainable = _trainable(case)
+    params, data = {}, {}
+    for key, value in case.inputs.items():
+        target = params if key in trainable else data
+        target[key] = backend.array(value.astype(dtype) if _is_float(value) else value)
+    if not trainable:
+        outputs = pm.evaluate(params, data)
+        return backend.to_numpy(outputs["output"]), None
+    out_grad = _output_gradient(case, dtype)
+    outputs, grads = pm.evaluate(
+        params, data, output_gradients={"output": backend.array(out_grad)}
+    )
+    return backend.to_numpy(outputs["output"]), {
+        k: backend.to_numpy(v) for k, v in grads.items()
+    }
+
+
+@cache
+def _reference(case_id: str, dtype: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    case = CASES[CASE_IDS.index(case_id)]
+    inputs = _rounded(case, dtype)
+    expected = np.asarray(case.reference(*inputs.values()))
+    if not _trainable(case):
+        return expected, {}
+    g = _output_gradient(case, dtype).astype(np.float64)
+    if case.grad_reference is not None:
+        return expected, case.grad_reference(inputs, g)
+    return expected, {
+        k: _finite_difference(case, inputs, k, g) for k in _trainable(case)
+    }
+
+
+def _output_gradient(case: Case, dtype: str) -> np.ndarray:
+    inputs = _rounded(case, "float64")
+    shape = np.shape(case.reference(*inputs.values()))
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _finite_difference(
+    case: Case, inputs: dict[str, np.ndarray], key: str, g: np.ndarray, h: float = 1e-3
+) -> np.ndarray:
+    """d/d inputs[key] of sum(g * reference(inputs)), by fourth-order central
+    differences."""
+
+    def phi(x: np.ndarray) -> float:
+        return float(np.sum(g * case.reference(*{**inputs, key: x}.values())))
+
+    x = inputs[key]
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        values = []
+        for step in (2, 1, -1, -2):
+            shifted = x.copy()
+            shifted[index] += step * h
+            values.append(phi(shifted))
+        f2, f1, m1, m2 = values
+        grad[index] = (-f2 + 8 * f1 - 8 * m1 + m2) / (12 * h)
+    return grad
+
+
+def _tolerance(dtype: str) -> dict[str, float]:
+    return (
+        {"rtol": 1e-5, "atol": 1e-8}
+        if dtype == "float64"
+        else {"rtol": 1e-3, "atol": 1e-5}
+    )
+
+
+def _check_output(
+    case: Case, got: np.ndarray, expected: np.ndarray, dtype: str
+) -> None:
+    assert got.shape == expected.shape, f"shape {got.shape} != {expected.shape}"
+    if expected.dtype == bool:
+        assert got.dtype == bool, f"dtype {got.dtype}, expected bool"
+        np.testing.assert_array_equal(got, expected)
+    elif expected.dtype.kind in "iu":
+        assert got.dtype.kind in "iu", f"dtype {got.dtype}, expected an int dtype"
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert got.dtype.name == (case.out_dtype or dtype), f"dtype {got.dtype}"
+        np.testing.assert_allclose(got, expected, **_tolerance(dtype))
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_primitive(
+    case: Case, backend_name: str, float_dtype: str, make_backend: Callable[..., Any]
+) -> None:
+    backend = make_backend(backend_name, float_dtype)
+    got, grads = _run(case, backend, float_dtype, jit=False)
+    expected, expected_grads = _reference(case.id, float_dtype)
+    _check_output(case, got, expected, float_dtype)
+    if grads is None:
+        return
+    assert set(grads) == set(expected_grads)
+    for key, expected_grad in expected_grads.items():
+        assert grads[key].shape == case.inputs[key].shape, key
+        assert grads[key].dtype.name == float_dtype, (key, grads[key].dtype)
+        np.testing.assert_allclose(
+            grads[key], expected_grad, **_tolerance(float_dtype), err_msg=f"d/d{key}"
+        )
+
+
+def _jit_params() -> list[Any]:
+    from mithril_core.plugins import get_registry
+
+    params = []
+    for name in ml.available_backends():
+        if not get_registry().backend_class(name).supports_jit:
+            continue
+        for c in CASES:
+            if name != "torch" or c.id in TORCH_JIT:
+                params.append(pytest.param(name, c, id=f"{name}-{c.id}"))
+    return params
+
+
+@pytest.mark.parametrize(("jit_backend", "case"), _jit_params())
+def test_jit_matches_eager(
+    jit_backend: str, case: Case, make_backend: Callable[..., Any]
+) -> None:
+    backend = make_backend(jit_backend, "float32")
+    eager, eager_grads = _run(case, backend, "float32", jit=False)
+    jitted, jitted_grads = _run(case, backend, "float32", jit=True)
+    tolerance = {"rtol": 1e-5, "atol": 1e-6}
+    np.testing.assert_allclose(jitted, eager, **tolerance)
+    assert jitted.dtype == eager.dtype
+    for key in eager_grads or {}:
+        np.testing.assert_allclose(jitted_grads[key], eager_grads[key], **tolerance)
+
+
+def test_every_core_primitive_has_a_case() -> None:
+    covered: set[type] = set()
+    for c in CASES:
+        covered.update(type(p) for p, _ in c.build(tuple(c.inputs)).primitives())
+    missing = sorted(cls.__name__ for cls in CORE_PRIMITIVES if cls not in covered)
+    assert not missing, f"core primitives without a conformance case: {missing}"
+
+
+def test_case_ids_are_unique() -> None:
+    assert len(set(CASE_IDS)) == len(CASE_IDS)
+
+
+def test_torch_jit_subset_names_cases() -> None:
+    assert TORCH_JIT <= set(CASE_IDS)
