@@ -62,7 +62,8 @@ class NumpyBackend(Backend):
         return np.asarray(array)
 
     def array_info(self, value: Any) -> tuple[tuple[int, ...], str] | None:
-        if isinstance(value, np.ndarray):
+        # NumPy returns scalars (np.float32 ...) from full reductions: they are 0-d.
+        if isinstance(value, np.ndarray | np.generic):
             dtype = value.dtype
             name = _DTYPE_NAMES.get(dtype)
             return value.shape, name if name is not None else dtype.name
