@@ -277,6 +277,7 @@ def cast_promoted_floats(graph: FlatGraph, dtype_name: str) -> None:
         final = node.output
         node.output = Value(f"{final.name}_uncast", final.conn)
         cast = Cast(dtype=dtype_name)
-        dtype = Value(f"{final.name}_dtype", cast._terminals["dtype"].find(), dtype_name)
+        dtype_terminal = cast._terminals["dtype"].find()
+        dtype = Value(f"{final.name}_dtype", dtype_terminal, dtype_name)
         nodes.append(Node(cast, f"{node.path}_cast", [node.output, dtype], final))
     graph.nodes = nodes

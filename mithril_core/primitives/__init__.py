@@ -38,7 +38,27 @@ from mithril_core.primitives.elementwise import (
     Where,
 )
 from mithril_core.primitives.linalg import MatrixMultiply
-from mithril_core.primitives.nn import LogSoftmax, Softmax
+from mithril_core.primitives.loss import (
+    AbsoluteError,
+    BinaryCrossEntropy,
+    CrossEntropy,
+    SoftCrossEntropy,
+    SquaredError,
+)
+from mithril_core.primitives.nn import (
+    AdaptiveAvgPool2D,
+    AvgPool2D,
+    Convolution1D,
+    Convolution2D,
+    Dropout,
+    Embedding,
+    LogSoftmax,
+    MaskedScaledDotProduct,
+    MaxPool2D,
+    Pad,
+    ScaledDotProduct,
+    Softmax,
+)
 from mithril_core.primitives.reduction import (
     ArgMax,
     ArgMin,
@@ -68,11 +88,14 @@ from mithril_core.primitives.state import DimFromValue, ModeSwitch
 CORE_PRIMITIVES = (
     Absolute, Add, Cast, Cosine, Divide, Equal, Exponential, FloorDivide, Gelu, Greater,
     GreaterEqual, LeakyRelu, Less, LessEqual, Log, LogicalAnd, LogicalNot, LogicalOr,
-    LogicalXor, Maximum, Minimum, Multiply, Negate, NotEqual, Power, Relu, Sigmoid, SiLU,
-    Sine, Softplus, Sqrt, StopGradient, Subtract, Tanh, Where, MatrixMultiply, LogSoftmax,
-    Softmax, ArgMax, ArgMin, Max, Mean, Min, Sum, Variance, Buffer, Concat, Expand,
-    Flatten, Indexer, Reshape, Shape, Split, Squeeze, ToList, ToTuple, Transpose, Unsqueeze,
-    DimFromValue, ModeSwitch,
+    LogicalXor, Maximum, Minimum, Multiply, Negate, NotEqual, Power, Relu, Sigmoid,
+    SiLU, Sine, Softplus, Sqrt, StopGradient, Subtract, Tanh, Where, MatrixMultiply,
+    LogSoftmax, Softmax, ArgMax, ArgMin, Max, Mean, Min, Sum, Variance, Buffer, Concat,
+    Expand, Flatten, Indexer, Reshape, Shape, Split, Squeeze, ToList, ToTuple,
+    Transpose, Unsqueeze, DimFromValue, ModeSwitch, AdaptiveAvgPool2D, AvgPool2D,
+    Convolution1D, Convolution2D, Dropout, Embedding, MaskedScaledDotProduct, MaxPool2D,
+    Pad, ScaledDotProduct, AbsoluteError, BinaryCrossEntropy, CrossEntropy,
+    SoftCrossEntropy, SquaredError,
 )  # fmt: skip
 
 __all__ = [cls.__name__ for cls in CORE_PRIMITIVES] + ["CORE_PRIMITIVES"]

@@ -6,6 +6,7 @@ from typing import Any
 from mithril_core.backends.numpy.lowerings import (
     elementwise,
     linalg,
+    loss,
     nn,
     reduction,
     shape,
@@ -35,6 +36,7 @@ LOWERINGS = _merge(
     shape.LOWERINGS,
     linalg.LOWERINGS,
     nn.LOWERINGS,
+    loss.LOWERINGS,
 )
 
 __all__ = ["LOWERINGS"]

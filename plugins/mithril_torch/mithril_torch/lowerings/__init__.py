@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mithril_torch.lowerings import elementwise, linalg, nn, reduction, shape
+from mithril_torch.lowerings import elementwise, linalg, loss, nn, reduction, shape
 
 LOWERINGS: dict[str, Callable[..., Any]] = {
     **elementwise.LOWERINGS,
@@ -13,6 +13,7 @@ LOWERINGS: dict[str, Callable[..., Any]] = {
     **shape.LOWERINGS,
     **linalg.LOWERINGS,
     **nn.LOWERINGS,
+    **loss.LOWERINGS,
 }
 
 __all__ = ["LOWERINGS"]

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual spelling
+
+
+def squared_error(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (input - target) ** 2
+
+
+def absolute_error(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (input - target).abs()
+
+
+def _log_q(input: torch.Tensor, axis: int, input_type: str) -> torch.Tensor:
+    if input_type == "logits":
+        return torch.log_softmax(input, dim=axis)
+    return input.log() if input_type == "probs" else input
+
+
+def cross_entropy(
+    input: torch.Tensor, target: torch.Tensor, axis: int, input_type: str
+) -> torch.Tensor:
+    log_q = _log_q(input, axis, input_type)
+    return -log_q.gather(axis, target.unsqueeze(axis)).squeeze(axis)
+
+
+def cross_entropy_soft(
+    input: torch.Tensor, target: torch.Tensor, axis: int, input_type: str
+) -> torch.Tensor:
+    return -(target * _log_q(input, axis, input_type)).sum(dim=axis)
+
+
+def binary_cross_entropy(
+    input: torch.Tensor, target: torch.Tensor, input_type: str
+) -> torch.Tensor:
+    if input_type == "logits":
+        return F.binary_cross_entropy_with_logits(input, target, reduction="none")
+    log_p, log_1mp = input.log().clamp(min=-100), (1 - input).log().clamp(min=-100)
+    return -(target * log_p + (1 - target) * log_1mp)
+
+
+LOWERINGS: dict[str, Callable[..., Any]] = {
+    "squared_error": squared_error,
+    "absolute_error": absolute_error,
+    "cross_entropy": cross_entropy,
+    "cross_entropy_soft": cross_entropy_soft,
+    "binary_cross_entropy": binary_cross_entropy,
+}
