@@ -7,7 +7,7 @@ import functools
 import inspect
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -305,11 +305,11 @@ class Model(BaseModel):
         self._log: list[tuple[BaseModel, dict[str, Connection], bool]] = []
 
     # -- composition -------------------------------------------------------------------
-    def __ior__(self, other: BaseModel | Connection) -> Model:
+    def __ior__(self, other: BaseModel | Connection) -> Self:
         self._extend(other, chain=False)
         return self
 
-    def __iadd__(self, other: BaseModel | Connection) -> Model:
+    def __iadd__(self, other: BaseModel | Connection) -> Self:
         self._extend(other, chain=True)
         return self
 

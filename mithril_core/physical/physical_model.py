@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from mithril_core.logical import types as ty
 from mithril_core.logical.connection import Connection
 from mithril_core.logical.model import Model
 from mithril_core.physical.flat import FlatGraph
+from mithril_core.weights import DEFAULT_IGNORE, load_weights
 
 _KIND = {"f": "float", "i": "int", "u": "int", "b": "bool"}
 
@@ -47,7 +49,8 @@ class PhysicalModel:
         self.file_path = file_path
         self.inference = inference
         self._connections = all_connections
-        # Per tensor input: key, rank, exact shape, fixed (axis, size) pairs, dtype names.
+        # Per tensor input: key, rank, exact shape, fixed (axis, size) pairs and
+        # dtype names.
         self._expected_keys = frozenset(graph.inputs)
         self._checks: list[tuple[Any, ...]] = []
         for key, value in graph.inputs.items():
@@ -102,8 +105,8 @@ class PhysicalModel:
     # -- parameters --------------------------------------------------------------------
     def randomize_params(self, seed: int = 0) -> dict[str, Any]:
         """Random values for every trainable key (and the initial value of every state
-        key, e.g. running means 0 and variances 1), from one counter-based generator so the
-        same seed gives the same numbers on every backend. Weights of rank >= 2 are
+        key, e.g. running means 0 and variances 1), from one counter-based generator so
+        the same seed gives the same numbers on every backend. Weights of rank >= 2 are
         uniform in ``±1/sqrt(fan_in)`` (PyTorch's Linear/Conv default), vectors likewise
         with the fan-in of their layer when known, else in ``±0.1``."""
         generator = np.random.Generator(np.random.Philox(seed))
@@ -135,6 +138,22 @@ class PhysicalModel:
             )
             raise ShapeError(msg)
         return params
+
+    def load_weights(
+        self,
+        source: Mapping[str, Any] | str | os.PathLike[str],
+        *,
+        rename: Mapping[str, str] | Callable[[str], str | None] | None = None,
+        strict: bool = True,
+        ignore: tuple[str, ...] = DEFAULT_IGNORE,
+    ) -> dict[str, Any]:
+        """Params (every trainable and state key) from PyTorch-style weights: a mapping
+        of tensors / arrays or a ``.safetensors`` / ``.pt`` file, keys mapped through
+        ``rename`` and then ``.`` -> ``_``. Missing, unexpected and shape-mismatched
+        keys are reported by name (an error when ``strict``, else a warning); source
+        keys ending with a suffix in ``ignore`` are dropped. See
+        :func:`mithril_core.weights.load_weights`."""
+        return load_weights(self, source, rename=rename, strict=strict, ignore=ignore)
 
     # -- evaluation --------------------------------------------------------------------
     def evaluate(
