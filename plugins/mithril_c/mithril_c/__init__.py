@@ -1,0 +1,7 @@
+"""C backend for mithril_core: generated C per compiled model, built with cffi."""
+
+from __future__ import annotations
+
+from mithril_c.backend import CBackend
+
+__all__ = ["CBackend"]

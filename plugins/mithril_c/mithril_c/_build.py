@@ -1,0 +1,217 @@
+"""Build generated C with cffi (API mode) into a cached extension module.
+
+The cache key is a hash of the generated source, the kernel sources, the flags and the
+Python/cffi versions; a hit imports the cached library without running the compiler.
+Cache: ``$MITHRIL_C_CACHE``, else ``$XDG_CACHE_HOME/mithril_c``, else
+``~/.cache/mithril_c``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from mithril_core.errors import CompileError
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+KERNELS = ("elementwise.c", "reduction.c", "shape.c", "linalg.c", "nn.c")
+# Portable: no -march=native (cached libraries may move between machines) and no
+# -ffast-math (results must match NumPy). -fno-math-errno and -fno-trapping-math
+# change no value: they let sqrt and branch-free selects (relu, sigmoid) vectorise.
+CFLAGS = (
+    "-O3",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-ffp-contract=off",
+    "-std=gnu11",
+    "-Werror=implicit-function-declaration",
+)
+
+
+@dataclass
+class Stats:
+    """How often the compiler ran and how often the cache answered (tests read it)."""
+
+    compiled: int = 0
+    cached: int = 0
+
+
+STATS = Stats()
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("MITHRIL_C_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return Path(base) / "mithril_c"
+
+
+def _openblas() -> tuple[str, str, str]:
+    import scipy_openblas32  # type: ignore[import-untyped]
+
+    return (
+        scipy_openblas32.get_include_dir(),
+        scipy_openblas32.get_lib_dir(),
+        scipy_openblas32.get_library(),
+    )
+
+
+def cdef(real: str, functions: tuple[str, ...]) -> str:
+    lines = [f"typedef {real} real;"]
+    for name in functions:
+        if name == "mc_backward":
+            lines.append(f"void {name}(real *const *io, real *const *og, real *ws);")
+        else:
+            lines.append(f"void {name}(real *const *io, real *ws);")
+    return "\n".join(lines)
+
+
+def build(
+    source: str,
+    *,
+    real: str,
+    functions: tuple[str, ...],
+    extra_cflags: tuple[str, ...] = (),
+    extra_ldflags: tuple[str, ...] = (),
+) -> tuple[ModuleType, Path]:
+    """Compile (or load from the cache) ``source``; return the module and the path of
+    the generated C file beside it."""
+    include, libdir, library = _openblas()
+    cflags = (*CFLAGS, *extra_cflags)
+    digest = hashlib.sha256()
+    for part in (
+        source,
+        real,
+        repr(functions),
+        repr(cflags),
+        repr(extra_ldflags),
+        sys.version,
+        _cffi_version(),
+        libdir,
+        *((CSRC / name).read_text() for name in (*KERNELS, "mithril_c.h")),
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    name = f"_mithril_c_{digest.hexdigest()[:24]}"
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    library_path = directory / f"{name}{suffix}"
+    source_path = directory / f"{name}.model.c"
+    if library_path.exists():
+        STATS.cached += 1
+        return _load(name, library_path), source_path
+    source_path.write_text(source)
+    _compile(
+        name,
+        source,
+        source_path,
+        library_path,
+        real=real,
+        functions=functions,
+        cflags=cflags,
+        ldflags=extra_ldflags,
+        openblas=(include, libdir, library),
+    )
+    STATS.compiled += 1
+    return _load(name, library_path), source_path
+
+
+def _cffi_version() -> str:
+    import cffi  # type: ignore[import-untyped]
+
+    return cffi.__version__
+
+
+def _compile(
+    name: str,
+    source: str,
+    source_path: Path,
+    library_path: Path,
+    *,
+    real: str,
+    functions: tuple[str, ...],
+    cflags: tuple[str, ...],
+    ldflags: tuple[str, ...],
+    openblas: tuple[str, str, str],
+) -> None:
+    import cffi  # type: ignore[import-untyped]
+
+    include, libdir, library = openblas
+    ffi = cffi.FFI()
+    ffi.cdef(cdef(real, functions))
+    # The #line makes compiler messages point into the generated file.
+    ffi.set_source(
+        name,
+        f'#line 1 "{source_path}"\n{source}',
+        sources=[str(CSRC / kernel) for kernel in KERNELS],
+        include_dirs=[str(CSRC), include],
+        library_dirs=[libdir],
+        libraries=[library],
+        define_macros=[("MC_REAL", real)],
+        extra_compile_args=list(cflags),
+        extra_link_args=[f"-Wl,-rpath,{libdir}", *ldflags],
+    )
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=library_path.parent))
+    try:
+        log = workdir / "compiler.log"
+        try:
+            with _captured_output(log):
+                built = ffi.compile(tmpdir=str(workdir), verbose=False)
+        except Exception as exc:
+            output = log.read_text(errors="replace") if log.exists() else ""
+            msg = (
+                f"Backend 'c': compiling the generated file {source_path} failed: "
+                f"{exc}\n{output.strip()}"
+            )
+            raise CompileError(msg) from exc
+        os.replace(built, library_path)  # atomic: concurrent builders agree
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _captured_output:  # noqa: N801 - used as a context manager
+    """Send fds 1 and 2 (where the compiler subprocess writes) to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.handle = open(self.path, "wb")  # noqa: SIM115 - closed in __exit__
+        self.saved = [os.dup(1), os.dup(2)]
+        os.dup2(self.handle.fileno(), 1)
+        os.dup2(self.handle.fileno(), 2)
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+        for fd in self.saved:
+            os.close(fd)
+        self.handle.close()
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
+    return module

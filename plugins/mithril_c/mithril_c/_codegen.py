@@ -1,0 +1,855 @@
+"""Generate one C source file for a flat graph: forward, forward for training, backward.
+
+Storage: every tensor lives in one of ``io[]`` (inputs, then constant tensors), ``ws``
+(one workspace per compiled model, allocated once) or ``og[]`` (output gradients).
+Element-wise runs of one shape become one loop; values used only inside such a loop
+stay in registers (the training forward also stores what the backward reads).
+Reshapes alias their input; a transpose of the last two axes read only by matrix
+products becomes a gemm flag. The backward mirrors the Python codegen: only needed
+gradients, the first contribution assigned and later ones added.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mithril_core.errors import CompileError, MissingLoweringError
+from mithril_core.logical import types as ty
+from mithril_core.physical.flat import FlatGraph, Node, Value
+
+# Workspace regions start on 64-byte boundaries (vector loads).
+_ALIGN_BYTES = 64
+_MAX_DIMS = 32
+_ALIASING = frozenset({"reshape", "flatten", "squeeze", "unsqueeze"})
+_LISTS = frozenset({"to_list", "to_tuple"})
+# Lists of tensors never exist in C: concat reads the parts, indexing a split reads
+# the chunk straight from the split input.
+_VIRTUAL = _LISTS | {"split"}
+_C_WORDS = frozenset(
+    "auto break case char const continue default do double else enum extern float for "
+    "goto if inline int long register restrict return short signed sizeof static "
+    "struct "
+    "switch typedef union unsigned void volatile while real io ws og main".split()
+)
+
+
+@dataclass(frozen=True)
+class Loc:
+    """Where an array lives: ``("io", slot)``, ``("ws", element offset)`` or
+    ``("og", slot)``."""
+
+    kind: str
+    index: int
+
+
+@dataclass
+class Plan:
+    """What the runtime needs besides the library: slots, workspace, results."""
+
+    source: str
+    input_keys: tuple[str, ...]
+    input_shapes: tuple[tuple[int, ...], ...]
+    input_masks: tuple[bool, ...]
+    output_shapes: tuple[tuple[int, ...], ...]
+    constants: list[np.ndarray]
+    workspace: int
+    outputs: dict[str, tuple[Loc, tuple[int, ...]] | np.ndarray]
+    seeds: tuple[str, ...]
+    seed_shapes: tuple[tuple[int, ...], ...]
+    grads: dict[str, tuple[Loc, tuple[int, ...]] | None]
+    functions: tuple[str, ...]
+
+
+@dataclass
+class _Function:
+    decls: dict[str, str] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+
+def shape_of(value: Value) -> tuple[int, ...]:
+    shape = value.shape()
+    assert shape is not None and None not in shape
+    return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+
+
+def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    strides = []
+    step = 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def broadcast_strides(shape: Sequence[int], target: Sequence[int]) -> tuple[int, ...]:
+    """Strides reading an array of ``shape`` broadcast to ``target`` (0: repeated)."""
+    lead = len(target) - len(shape)
+    own = contiguous_strides(shape)
+    return tuple(
+        0 if d < lead or shape[d - lead] != size or size == 1 else own[d - lead]
+        for d, size in enumerate(target)
+    )
+
+
+def loop_nest(
+    shape: Sequence[int],
+    strides: Sequence[Sequence[int]],
+    body: Callable[[list[str]], list[str]],
+    var: str = "i",
+) -> list[str]:
+    """Nested loops over ``shape``; ``body`` gets one index expression per stride set.
+    Size-1 dims are dropped and dims every access walks contiguously are merged, so a
+    same-shape element-wise loop is one flat loop."""
+    if math.prod(shape) == 0:
+        return []
+    merged: list[tuple[int, list[int]]] = []
+    for d, size in enumerate(shape):
+        if size == 1:
+            continue
+        steps = [s[d] for s in strides]
+        if merged:
+            outer, outer_steps = merged[-1]
+            if all(o == s * size for o, s in zip(outer_steps, steps, strict=True)):
+                merged[-1] = (outer * size, steps)
+                continue
+        merged.append((size, steps))
+    names = [f"{var}{k}" for k in range(len(merged))]
+    index = []
+    for a in range(len(strides)):
+        terms = []
+        for name, (_, steps) in zip(names, merged, strict=True):
+            step = steps[a]
+            if step == 1:
+                terms.append(name)
+            elif step:
+                terms.append(f"{name} * {step}")
+        index.append(" + ".join(terms) if terms else "0")
+    lines: list[str] = []
+    indent = ""
+    for name, (size, _) in zip(names, merged, strict=True):
+        lines.append(f"{indent}for (long {name} = 0; {name} < {size}; ++{name}) {{")
+        indent += "    "
+    if not merged:
+        lines.append("{")
+        indent = "    "
+    lines += [indent + line for line in body(index)]
+    for depth in range(max(len(merged), 1) - 1, -1, -1):
+        lines.append("    " * depth + "}")
+    return lines
+
+
+def _fields(template: str) -> set[str]:
+    return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+
+
+def _is_float_tensor(value: Value) -> bool:
+    return ty.TENSOR_FLOAT in value.types
+
+
+def is_mask(value: Value) -> bool:
+    """A bool tensor (stored as one byte per element: ``where`` conditions)."""
+    return ty.TENSOR_BOOL in value.types and ty.TENSOR_FLOAT not in value.types
+
+
+def _scalar(constant: Any) -> bool:
+    if isinstance(constant, bool | int | float):
+        return True
+    return isinstance(constant, np.ndarray | np.generic) and np.ndim(constant) == 0
+
+
+class Emitter:
+    """Code generator state, and the API lowerings emit C through.
+
+    Forward emitters use ``shape``, ``ptr``, ``out``, ``alias``, ``line``, ``lit``,
+    ``longs`` and ``temp``; VJP emitters also ``gout``, ``target`` and
+    ``grad_alias``. ``transposed(value)`` gives the stored source of a transpose that is
+    folded into a matrix product.
+    """
+
+    def __init__(self, graph: FlatGraph, lowerings: dict[str, Any], real: str) -> None:
+        self.graph = graph
+        self.lowerings = lowerings
+        self.real = real
+        self.itemsize = 4 if real == "float" else 8
+        self.loc: dict[int, Loc] = {}
+        self.cname: dict[int, str] = {}
+        self.names_used: set[str] = set(_C_WORDS)
+        self.statics: list[str] = []
+        self._statics_by_text: dict[str, str] = {}
+        self.workspace = 0
+        self.temps: dict[tuple[int, str], int] = {}
+        self.constants: list[np.ndarray] = []
+        self.consumers: dict[int, list[Node]] = {}
+        self.virtual: dict[int, Node] = {}
+        self.fn = _Function()
+        self.grad: dict[int, Loc] = {}
+        self.requiring: set[int] = set()
+        self.input_keys = tuple(graph.inputs)
+        self.lists: set[int] = set()
+        for node in graph.nodes:
+            for value in node.inputs:
+                self.consumers.setdefault(id(value), []).append(node)
+            if node.op in _VIRTUAL:
+                self.lists.add(id(node.output))
+        self._check_supported()
+        self._place_inputs()
+        # Outputs are written straight into fresh arrays the caller gets: io slots
+        # after the inputs; constant tensors come after them.
+        produced = {id(n.output) for n in graph.nodes}
+        self.output_slots: dict[int, int] = {}
+        for value in graph.outputs.values():
+            if id(value) in produced and id(value) not in self.output_slots:
+                slot = len(self.input_keys) + len(self.output_slots)
+                self.output_slots[id(value)] = slot
+        self._classify()
+
+    # -- checks and layout -----------------------------------------------------------
+    def _check_supported(self) -> None:
+        bad: dict[str, list[str]] = {}
+        outputs = {id(v) for v in self.graph.outputs.values()}
+        for node in self.graph.nodes:
+            reason = self._unsupported(node, outputs)
+            if reason:
+                bad.setdefault(reason, []).append(node.path)
+        for node in self.graph.nodes:
+            shape = node.output.shape()
+            if node.op not in _VIRTUAL and (shape is None or None in shape):
+                bad.setdefault("unknown dims", []).append(node.output.name)
+        for key, value in self.graph.inputs.items():
+            if is_mask(value) and self._only_conditions(value):
+                continue
+            if not _is_float_tensor(value):
+                bad.setdefault(
+                    f"input {key!r} of type {ty.format_type(value.types)} "
+                    "(only float tensors)",
+                    [],
+                )
+            elif None in (value.shape() or [None]):
+                bad.setdefault("unknown dims", []).append(key)
+        unknown = bad.pop("unknown dims", None)
+        if unknown:
+            msg = (
+                "Backend 'c' needs static shapes; these keys have unknown dims: "
+                f"{', '.join(unknown)}. Give them with compile(shapes=...)."
+            )
+            raise CompileError(msg)
+        if bad:
+            lines = [
+                f"  {reason}" + (f" at {', '.join(paths[:5])}" if paths else "")
+                for reason, paths in bad.items()
+            ]
+            msg = (
+                f"Backend 'c' has no lowering for {len(bad)} use(s):\n"
+                + "\n".join(lines)
+                + "\nUse another backend (e.g. ml.NumpyBackend()) for such models."
+            )
+            raise MissingLoweringError(msg)
+
+    def _unsupported(self, node: Node, outputs: set[int]) -> str | None:
+        entry = self.lowerings.get(node.op)
+        if entry is None:
+            return f"primitive {node.op!r}"
+        if node.op in _LISTS:
+            users = self.consumers.get(id(node.output), [])
+            if id(node.output) in outputs or any(u.op != "concat" for u in users):
+                return f"primitive {node.op!r} (lists of tensors only feed concat)"
+            tensors = node.inputs
+        elif node.op == "split":
+            users = self.consumers.get(id(node.output), [])
+            if id(node.output) in outputs or not all(
+                u.op == "indexer" and isinstance(u.inputs[1].constant, int)
+                for u in users
+            ):
+                return "primitive 'split' (chunks are only read by integer indexing)"
+            tensors = node.inputs[:1]
+        else:
+            if not _is_float_tensor(node.output) or not node.output.types <= ty.TENSORS:
+                return (
+                    f"primitive {node.op!r} with a "
+                    f"{ty.format_type(node.output.types)} output (only float tensors)"
+                )
+            tensors = [v for v in node.inputs if v.types <= ty.TENSORS]
+        for value in node.inputs:
+            if value.is_constant or node.op in _LISTS:
+                continue
+            if value.types <= ty.TENSORS and not _is_float_tensor(value):
+                if not (is_mask(value) and self._only_conditions(value)):
+                    return f"primitive {node.op!r} with a non-float tensor input"
+            if not value.types & ty.TENSORS and id(value) not in self.lists:
+                return f"primitive {node.op!r} with a non-constant scalar input"
+        for value in tensors:
+            shape = value.shape()
+            if value.types & ty.TENSORS and shape is not None:
+                if None in shape:
+                    return "unknown dims"
+                if len(shape) > _MAX_DIMS:
+                    return f"primitive {node.op!r} on more than {_MAX_DIMS} dims"
+        return None
+
+    def _only_conditions(self, value: Value) -> bool:
+        users = [
+            (n, j)
+            for n in self.consumers.get(id(value), [])
+            for j, v in enumerate(n.inputs)
+            if v is value
+        ]
+        return bool(users) and all(n.op == "where" and j == 0 for n, j in users)
+
+    def _place_inputs(self) -> None:
+        for slot, value in enumerate(self.graph.inputs.values()):
+            self.loc[id(value)] = Loc("io", slot)
+
+    def _classify(self) -> None:
+        outputs = {id(v) for v in self.graph.outputs.values()}
+        for node in self.graph.nodes:
+            users = self.consumers.get(id(node.output), [])
+            if node.op in _VIRTUAL:
+                self.virtual[id(node.output)] = node
+            elif (
+                node.op == "transpose"
+                and id(node.output) not in outputs
+                and users
+                and all(u.op == "matrix_multiply" for u in users)
+                and _swaps_last_two(shape_of(node.inputs[0]), node.inputs[1].constant)
+            ):
+                self.virtual[id(node.output)] = node
+
+    # -- names and storage -------------------------------------------------------------
+    def _name(self, key: int, base: str) -> str:
+        name = self.cname.get(key)
+        if name is None:
+            base = "".join(c if c.isalnum() or c == "_" else "_" for c in base)
+            if not base or base[0].isdigit() or base in _C_WORDS:
+                base = f"v_{base}"
+            if base.startswith("mc_") or base.startswith("MC_"):
+                base = f"v_{base}"
+            name = base
+            index = 1
+            while name in self.names_used:
+                name = f"{base}_{index}"
+                index += 1
+            self.names_used.add(name)
+            self.cname[key] = name
+        return name
+
+    def _alloc(self, numel: int) -> int:
+        offset = self.workspace
+        step = _ALIGN_BYTES // self.itemsize
+        self.workspace += -(-max(numel, 1) // step) * step
+        return offset
+
+    def _loc_expr(self, loc: Loc) -> str:
+        if loc.kind == "ws":
+            return f"ws + {loc.index}"
+        return f"{loc.kind}[{loc.index}]"
+
+    def shape(self, value: Value) -> tuple[int, ...]:
+        """Static shape of a tensor value."""
+        return shape_of(value)
+
+    def numel(self, value: Value) -> int:
+        return math.prod(shape_of(value))
+
+    def ptr(self, value: Value) -> str:
+        """C pointer to ``value``'s elements (a local of the current function)."""
+        if value.is_constant:
+            key = id(value)
+            if key not in self.loc:
+                dtype = bool if is_mask(value) else self.real_numpy
+                array = np.ascontiguousarray(np.asarray(value.constant), dtype=dtype)
+                slot = len(self.input_keys) + len(self.output_slots)
+                self.loc[key] = Loc("io", slot + len(self.constants))
+                self.constants.append(array)
+        loc = self.loc.get(id(value))
+        if loc is None:
+            msg = f"internal: value {value.name} has no storage"
+            raise CompileError(msg)
+        name = self._name(id(value), value.name)
+        if is_mask(value):
+            self.fn.decls[name] = f"(unsigned char *){self._loc_expr(loc)}"
+            self.fn.types[name] = "unsigned char"
+        else:
+            self.fn.decls[name] = self._loc_expr(loc)
+        return name
+
+    @property
+    def real_numpy(self) -> str:
+        return "float32" if self.real == "float" else "float64"
+
+    def out(self, node: Node) -> str:
+        """Pointer to ``node``'s output, allocated in the workspace on first use."""
+        value = node.output
+        if id(value) not in self.loc:
+            slot = self.output_slots.get(id(value))
+            if slot is not None:
+                self.loc[id(value)] = Loc("io", slot)
+            else:
+                self.loc[id(value)] = Loc("ws", self._alloc(self.numel(value)))
+        return self.ptr(value)
+
+    def alias(self, node: Node, value: Value) -> None:
+        """``node``'s output shares ``value``'s storage (reshape-like ops)."""
+        self.ptr(value)
+        self.loc[id(node.output)] = self.loc[id(value)]
+
+    def temp(self, node: Node, key: str, numel: int) -> str:
+        """Workspace scratch owned by ``node`` (the same region in every function)."""
+        tkey = (id(node), key)
+        if tkey not in self.temps:
+            self.temps[tkey] = self._alloc(numel)
+        name = self._name(hash(tkey), f"{node.output.name}_{key}")
+        self.fn.decls[name] = f"ws + {self.temps[tkey]}"
+        return name
+
+    def line(self, *lines: str) -> None:
+        self.fn.lines.extend(lines)
+
+    def lit(self, value: Any) -> str:
+        """C literal of a Python scalar constant."""
+        if isinstance(value, np.ndarray | np.generic):
+            value = value.item()
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        if isinstance(value, int):
+            return f"((real){value})"
+        value = float(value)
+        if math.isnan(value):
+            return "((real)NAN)"
+        if math.isinf(value):
+            return "((real)INFINITY)" if value > 0 else "((real)-INFINITY)"
+        return f"((real){value!r})"
+
+    def longs(self, values: Iterable[int]) -> str:
+        """Name of a file-level ``static const long`` array holding ``values``."""
+        items = [str(int(v)) for v in values] or ["0"]
+        text = ", ".join(items)
+        name = self._statics_by_text.get(text)
+        if name is None:
+            name = f"mc_dims_{len(self.statics)}"
+            self._statics_by_text[text] = name
+            self.statics.append(f"static const long {name}[] = {{{text}}};")
+        return name
+
+    def transposed(self, value: Value) -> Value | None:
+        """The stored source if ``value`` is a transpose folded into a gemm flag."""
+        node = self.virtual.get(id(value))
+        if node is not None and node.op == "transpose":
+            return node.inputs[0]
+        return None
+
+    def chunk(self, value: Value) -> tuple[Value, int, int] | None:
+        """``(input, split_size, axis)`` if ``value`` is the output of a split."""
+        node = self.virtual.get(id(value))
+        if node is None or node.op != "split":
+            return None
+        source, size, axis = node.inputs
+        return source, size.constant, axis.constant
+
+    def parts(self, value: Value) -> list[Value]:
+        """The tensors of a list built by to_list/to_tuple (or a constant list)."""
+        node = self.virtual.get(id(value))
+        if node is not None:
+            return list(node.inputs)
+        msg = f"internal: {value.name} is not a list of tensors"
+        raise CompileError(msg)
+
+    # -- gradients ---------------------------------------------------------------------
+    def requires(self, value: Value) -> bool:
+        """Whether ``value`` gets a gradient in the backward being generated."""
+        return id(value) in self.requiring and not value.is_constant
+
+    def gout(self, node: Node) -> str:
+        """Pointer to the (complete) gradient of ``node``'s output."""
+        return self._gptr(node.output)
+
+    def _gptr(self, value: Value) -> str:
+        loc = self.grad[id(value)]
+        # Keyed by location too: a gradient moved out of a caller's buffer is renamed.
+        name = self._name(hash(("g", id(value), loc)), f"g_{value.name}")
+        self.fn.decls[name] = self._loc_expr(loc)
+        return name
+
+    def target(self, value: Value) -> tuple[str, bool]:
+        """Gradient buffer of ``value`` to write into, and whether to add (a
+        contribution is already there) rather than assign."""
+        existing = self.grad.get(id(value))
+        if existing is not None and existing.kind == "ws":
+            return self._gptr(value), True
+        self.grad[id(value)] = Loc("ws", self._alloc(self.numel(value)))
+        pointer = self._gptr(value)
+        if existing is not None:  # a caller's output gradient: never written to
+            self.line(
+                f"mc_copy({pointer}, {self._loc_expr(existing)}, "
+                f"{self.numel(value)}, 0);"
+            )
+            return pointer, True
+        return pointer, False
+
+    def grad_alias(self, node: Node, value: Value) -> None:
+        """The gradient of ``value`` is the output gradient, reshaped (shared, no
+        copy, when it is the first contribution; ``target`` copies a shared caller
+        buffer before anything is added to it)."""
+        if id(value) not in self.grad:
+            self.grad[id(value)] = self.grad[id(node.output)]
+            return
+        source = self.gout(node)
+        pointer, accumulate = self.target(value)
+        self.line(
+            f"mc_copy({pointer}, {source}, {self.numel(value)}, {int(accumulate)});"
+        )
+
+    # -- element-wise ------------------------------------------------------------------
+    def is_elementwise(self, node: Node) -> bool:
+        return isinstance(self.lowerings[node.op][0], str)
+
+    def _operand(
+        self,
+        value: Value,
+        shape: tuple[int, ...],
+        temps: dict[int, str],
+        accesses: list[tuple[str, tuple[int, ...]]],
+        seen: dict[int, int],
+    ) -> str:
+        if id(value) in temps:
+            return temps[id(value)]
+        if value.is_constant and _scalar(value.constant):
+            return self.lit(value.constant)
+        if id(value) not in seen:
+            seen[id(value)] = len(accesses)
+            strides = broadcast_strides(shape_of(value), shape)
+            accesses.append((self.ptr(value), strides))
+        return f"\x00{seen[id(value)]}\x00"
+
+    def _emit_loop(
+        self,
+        shape: tuple[int, ...],
+        accesses: list[tuple[str, tuple[int, ...]]],
+        body: list[str],
+    ) -> None:
+        def fill(index: list[str]) -> list[str]:
+            result = []
+            for text in body:
+                pieces = text.split("\x00")
+                for k in range(1, len(pieces), 2):
+                    pointer = accesses[int(pieces[k])][0]
+                    pieces[k] = f"{pointer}[{index[int(pieces[k])]}]"
+                result.append("".join(pieces))
+            return result
+
+        self.line(*loop_nest(shape, [s for _, s in accesses], fill))
+
+    def emit_group(self, nodes: list[Node], store: set[int]) -> None:
+        """One loop computing a run of same-shape element-wise nodes."""
+        shape = shape_of(nodes[0].output)
+        temps: dict[int, str] = {}
+        accesses: list[tuple[str, tuple[int, ...]]] = []
+        seen: dict[int, int] = {}
+        body = []
+        writes = []
+        for k, node in enumerate(nodes):
+            template = self.lowerings[node.op][0]
+            args = [self._operand(v, shape, temps, accesses, seen) for v in node.inputs]
+            body.append(f"real t{k} = {template.format(*args)};")
+            temps[id(node.output)] = f"t{k}"
+            if id(node.output) in store:
+                writes.append((self.out(node), f"t{k}"))
+        for pointer, temp in writes:
+            index = len(accesses)
+            accesses.append((pointer, contiguous_strides(shape)))
+            body.append(f"\x00{index}\x00 = {temp};")
+        ops = ", ".join(n.op for n in nodes)
+        self.line(f"/* {ops} */")
+        self._emit_loop(shape, accesses, body)
+
+    def emit_elementwise_vjp(self, node: Node, needs: tuple[bool, ...]) -> None:
+        vjps = self.lowerings[node.op][1]
+        shape = shape_of(node.output)
+        targets = [
+            (j, v)
+            for j, v in enumerate(node.inputs)
+            if needs[j] and vjps[j] is not None
+        ]
+        if not targets:
+            return
+        accesses: list[tuple[str, tuple[int, ...]]] = []
+        seen: dict[int, int] = {}
+        temps: dict[int, str] = {}
+        used = set().union(*(_fields(vjps[j] or "") for j, _ in targets))
+        args = [
+            self._operand(v, shape, temps, accesses, seen) if str(j) in used else ""
+            for j, v in enumerate(node.inputs)
+        ]
+        named = {
+            "g": self._operand_ptr(self.gout(node), shape, accesses),
+            "y": "",
+        }
+        if "y" in used:
+            named["y"] = self._operand(node.output, shape, temps, accesses, seen)
+        body = []
+        mode: dict[int, str] = {}
+        same = math.prod(shape)
+        for j, value in targets:
+            if (
+                vjps[j] == "{g}"
+                and id(value) not in self.grad
+                and self.numel(value) == same
+            ):
+                # d(out)/d(input) is the identity: share the output gradient.
+                self.grad[id(value)] = self.grad[id(node.output)]
+                continue
+            reduce = self.numel(value) != math.prod(shape)
+            pointer, accumulate = self.target(value)
+            if id(value) not in mode:
+                if reduce and not accumulate:
+                    self.line(f"mc_fill({pointer}, {self.numel(value)}, 0);")
+                    mode[id(value)] = "+="
+                else:
+                    mode[id(value)] = "+=" if accumulate else "="
+            index = len(accesses)
+            accesses.append((pointer, broadcast_strides(shape_of(value), shape)))
+            expr = vjps[j].format(*args, **named)  # type: ignore[union-attr]
+            body.append(f"\x00{index}\x00 {mode[id(value)]} {expr};")
+            mode[id(value)] = "+="
+        self.line(f"/* {node.op} vjp */")
+        self._emit_loop(shape, accesses, body)
+
+    def _operand_ptr(
+        self,
+        pointer: str,
+        shape: tuple[int, ...],
+        accesses: list[tuple[str, tuple[int, ...]]],
+    ) -> str:
+        accesses.append((pointer, contiguous_strides(shape)))
+        return f"\x00{len(accesses) - 1}\x00"
+
+    # -- whole functions ---------------------------------------------------------------
+    def begin(self) -> None:
+        self.fn = _Function()
+
+    def end(self, signature: str) -> str:
+        decls = [
+            f"    {self.fn.types.get(name, 'real')} *{name} = {expr};"
+            for name, expr in self.fn.decls.items()
+        ]
+        body = ["    " + line for line in self.fn.lines]
+        unused = ["    (void)io; (void)ws;"]
+        if "og" in signature:
+            unused = ["    (void)io; (void)og; (void)ws;"]
+        return "\n".join([f"{signature} {{", *unused, *decls, *body, "}"])
+
+
+def _swaps_last_two(shape: tuple[int, ...], axes: Any) -> bool:
+    rank = len(shape)
+    if rank < 2:
+        return False
+    perm = tuple(range(rank))[::-1] if axes is None else tuple(a % rank for a in axes)
+    return perm == (*range(rank - 2), rank - 1, rank - 2)
+
+
+def generate(
+    graph: FlatGraph,
+    lowerings: dict[str, Any],
+    *,
+    real: str,
+    grad_keys: tuple[str, ...],
+    differentiable_outputs: tuple[str, ...],
+    inference: bool,
+) -> Plan:
+    """C source and runtime plan for ``graph``."""
+    em = Emitter(graph, lowerings, real)
+    outputs = {id(v) for v in graph.outputs.values()}
+    groups = _groups(em)
+
+    active: list[Node] = []
+    requires: set[int] = set()
+    seeds = tuple(
+        k for k in differentiable_outputs if _is_float_tensor(graph.outputs[k])
+    )
+    if not inference:
+        active, requires = _active(em, grad_keys, seeds)
+    bwd_reads = _backward_reads(em, active, requires)
+
+    functions = [_forward(em, groups, outputs, set(), "mc_forward")]
+    names = ["mc_forward"]
+    grads: dict[str, tuple[Loc, tuple[int, ...]] | None] = {}
+    if not inference:
+        functions.append(_forward(em, groups, outputs, bwd_reads, "mc_forward_train"))
+        functions.append(_backward(em, active, requires, seeds))
+        names += ["mc_forward_train", "mc_backward"]
+        for key in grad_keys:
+            value = graph.inputs[key]
+            loc = em.grad.get(id(value))
+            grads[key] = None if loc is None else (loc, shape_of(value))
+    results: dict[str, tuple[Loc, tuple[int, ...]] | np.ndarray] = {}
+    for key, value in graph.outputs.items():
+        if value.is_constant:
+            results[key] = np.asarray(value.constant, dtype=em.real_numpy)
+        else:
+            results[key] = (em.loc[id(value)], shape_of(value))
+    header = [
+        "/* Generated by mithril_c: one compiled model, element type "
+        f"{em.real_numpy}. */",
+        "/* io[]: inputs "
+        + ", ".join(f"{i}={k}" for i, k in enumerate(em.input_keys))
+        + ", outputs "
+        + ", ".join(
+            f"{em.output_slots[id(v)]}={k}"
+            for k, v in graph.outputs.items()
+            if id(v) in em.output_slots
+        )
+        + (f", then {len(em.constants)} constant(s)" if em.constants else "")
+        + "; ws: workspace; og[]: output gradients "
+        + ", ".join(f"{i}={k}" for i, k in enumerate(seeds))
+        + ". */",
+        '#include "mithril_c.h"',
+        "",
+        *em.statics,
+    ]
+    source = "\n".join(header) + "\n\n" + "\n\n".join(functions) + "\n"
+    return Plan(
+        source=source,
+        input_keys=em.input_keys,
+        input_shapes=tuple(shape_of(v) for v in graph.inputs.values()),
+        input_masks=tuple(is_mask(v) for v in graph.inputs.values()),
+        output_shapes=tuple(
+            shape_of(v)
+            for v in {id(v): v for v in graph.outputs.values()}.values()
+            if id(v) in em.output_slots
+        ),
+        constants=em.constants,
+        workspace=em.workspace,
+        outputs=results,
+        seeds=seeds,
+        seed_shapes=tuple(shape_of(graph.outputs[k]) for k in seeds),
+        grads=grads,
+        functions=tuple(names),
+    )
+
+
+def _groups(em: Emitter) -> dict[int, list[Node]]:
+    """Runs of consecutive same-shape element-wise nodes, keyed by their first node."""
+    groups: dict[int, list[Node]] = {}
+    current: list[Node] | None = None
+    for node in em.graph.nodes:
+        if id(node.output) in em.virtual:
+            continue
+        if em.is_elementwise(node):
+            shape = shape_of(node.output)
+            if current is not None and shape_of(current[0].output) == shape:
+                current.append(node)
+                continue
+            current = [node]
+            groups[id(node)] = current
+        else:
+            current = None
+    return groups
+
+
+def _forward(
+    em: Emitter,
+    groups: dict[int, list[Node]],
+    outputs: set[int],
+    bwd_reads: set[int],
+    name: str,
+) -> str:
+    em.begin()
+    grouped = {id(n) for group in groups.values() for n in group}
+    for node in em.graph.nodes:
+        group = groups.get(id(node))
+        if group is not None:
+            members = {id(n) for n in group}
+            store = {
+                id(n.output)
+                for n in group
+                if id(n.output) in outputs
+                or id(n.output) in bwd_reads
+                or any(id(u) not in members for u in em.consumers.get(id(n.output), []))
+            }
+            em.emit_group(group, store)
+            continue
+        if id(node) in grouped or id(node.output) in em.virtual:
+            continue
+        em.line(f"/* {node.path}: {node.op} */")
+        em.lowerings[node.op][0](em, node)
+    return em.end(f"MC_DISPATCH void {name}(real *const *io, real *ws)")
+
+
+def _active(
+    em: Emitter, grad_keys: tuple[str, ...], seeds: tuple[str, ...]
+) -> tuple[list[Node], set[int]]:
+    graph = em.graph
+    requires = {id(graph.inputs[k]) for k in grad_keys}
+    for node in graph.nodes:
+        if any(id(v) in requires for v in node.inputs):
+            requires.add(id(node.output))
+    reaching = {id(graph.outputs[k]) for k in seeds}
+    active = []
+    for node in reversed(graph.nodes):
+        if id(node.output) in reaching and id(node.output) in requires:
+            active.append(node)
+            reaching.update(id(v) for v in node.inputs if id(v) in requires)
+    return active, requires
+
+
+def _needs(node: Node, requires: set[int]) -> tuple[bool, ...]:
+    return tuple(id(v) in requires and not v.is_constant for v in node.inputs)
+
+
+def _backward_reads(em: Emitter, active: list[Node], requires: set[int]) -> set[int]:
+    """Values an element-wise VJP reads (stored by the training forward)."""
+    reads: set[int] = set()
+    for node in active:
+        if node.op in _VIRTUAL or not em.is_elementwise(node):
+            continue
+        vjps = em.lowerings[node.op][1]
+        for j, needed in enumerate(_needs(node, requires)):
+            if not needed or vjps[j] is None:
+                continue
+            fields = _fields(vjps[j])
+            if "y" in fields:
+                reads.add(id(node.output))
+            reads.update(id(node.inputs[int(f)]) for f in fields if f.isdigit())
+    return reads
+
+
+def _backward(
+    em: Emitter, active: list[Node], requires: set[int], seeds: tuple[str, ...]
+) -> str:
+    em.begin()
+    em.requiring = requires
+    graph = em.graph
+    consumed = {id(v) for n in active for v in n.inputs}
+    seeded = [id(graph.outputs[k]) for k in seeds]
+    consumed.update(v for v in seeded if seeded.count(v) > 1)
+    for slot, key in enumerate(seeds):
+        value = graph.outputs[key]
+        if id(value) not in requires:
+            continue
+        if id(value) not in em.grad and id(value) not in consumed:
+            em.grad[id(value)] = Loc("og", slot)
+            continue
+        pointer, accumulate = em.target(value)
+        em.line(
+            f"mc_copy({pointer}, og[{slot}], {em.numel(value)}, {int(accumulate)});"
+        )
+    for node in active:
+        if id(node.output) not in em.grad or node.op in _VIRTUAL:
+            continue
+        needs = _needs(node, requires)
+        if not any(needs):
+            continue
+        em.line(f"/* {node.path}: {node.op} vjp */")
+        if em.is_elementwise(node):
+            em.emit_elementwise_vjp(node, needs)
+        else:
+            em.lowerings[node.op][1](em, node, needs)
+    return em.end(
+        "MC_DISPATCH void mc_backward(real *const *io, real *const *og, real *ws)"
+    )

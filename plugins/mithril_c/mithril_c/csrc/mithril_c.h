@@ -1,0 +1,171 @@
+/* Kernel library of the mithril_c backend.
+ *
+ * ``real`` is the compiled model's float type: the build defines MC_REAL (float or
+ * double). Scalar helpers are static inline so that generated element-wise loops
+ * inline (and vectorise) them; array kernels live in <family>.c.
+ */
+#ifndef MITHRIL_C_H
+#define MITHRIL_C_H
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#ifndef MC_REAL
+#define MC_REAL double
+#endif
+typedef MC_REAL real;
+
+#define MC_IS_FLOAT (sizeof(real) == sizeof(float))
+
+/* Loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time
+ * (no -march=native: a cached library runs on any x86-64). FMA contraction is off
+ * (-ffp-contract=off), so every clone computes the same values. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define MC_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MC_DISPATCH
+#endif
+
+/* Math functions of the right precision: float32 models call the f variants. */
+#define MC_MATH(name, x) (MC_IS_FLOAT ? (real)name##f((float)(x)) : (real)name((double)(x)))
+/* float32 exp and tanh are inline (below) so that element-wise loops vectorise, as
+ * NumPy's own float32 SIMD loops do; float64 uses libm. */
+#define MC_EXP(x) (MC_IS_FLOAT ? (real)mc_expf((float)(x)) : (real)exp((double)(x)))
+#define MC_TANH(x) (MC_IS_FLOAT ? (real)mc_tanhf((float)(x)) : (real)tanh((double)(x)))
+#define MC_LOG(x) MC_MATH(log, x)
+#define MC_LOG1P(x) MC_MATH(log1p, x)
+#define MC_SQRT(x) MC_MATH(sqrt, x)
+#define MC_SIN(x) MC_MATH(sin, x)
+#define MC_COS(x) MC_MATH(cos, x)
+#define MC_ERF(x) MC_MATH(erf, x)
+#define MC_FLOOR(x) MC_MATH(floor, x)
+#define MC_FABS(x) MC_MATH(fabs, x)
+#define MC_POW(x, y) \
+    (MC_IS_FLOAT ? (real)powf((float)(x), (float)(y)) : (real)pow((double)(x), (double)(y)))
+
+/* exp(x) = 2^n exp(r), |r| <= ln2/2, Cephes polynomial: about 1 ulp, no branches or
+ * calls. The 2^n scale is applied in two halves so that overflow gives inf and the
+ * subnormal range is kept. */
+static inline float mc_expf(float x) {
+    float c = x > 88.8f ? 88.8f : x;
+    c = c < -104.0f ? -104.0f : c;
+    c = c != c ? 0.0f : c;
+    float fx = c * 1.44269504088896341f;
+    fx = (fx + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = c - fx * 0.693359375f;
+    r = r - fx * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * (r * r) + r + 1.0f;
+    int n = (int)fx;
+    int half = n >> 1;
+    int bits_a = (half + 127) << 23;
+    int bits_b = (n - half + 127) << 23;
+    float scale_a, scale_b;
+    memcpy(&scale_a, &bits_a, sizeof scale_a);
+    memcpy(&scale_b, &bits_b, sizeof scale_b);
+    y = y * scale_a * scale_b;
+    return x != x ? x : y;
+}
+
+/* Cephes tanhf: odd polynomial below 0.625, 1 - 2 / (exp(2|x|) + 1) above. */
+static inline float mc_tanhf(float x) {
+    float a = x < 0 ? -x : x;
+    float z = x * x;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    float small = p * z * x + x;
+    float big = 1.0f - 2.0f / (mc_expf(2.0f * (a > 10.0f ? 10.0f : a)) + 1.0f);
+    big = x < 0 ? -big : big;
+    return a < 0.625f ? small : big;
+}
+
+/* -- element-wise scalar helpers (elementwise.c documents the array kernels) ------- */
+static inline real mc_relu(real x) { return x > 0 ? x : 0; }
+static inline real mc_sign(real x) { return (real)((x > 0) - (x < 0)); }
+static inline real mc_sigmoid(real x) {
+    /* Stable on both sides (exp of a non-positive number only), branch-free. */
+    real e = MC_EXP(x < 0 ? x : -x);
+    real r = 1 / (1 + e);
+    return x >= 0 ? r : e * r;
+}
+static inline real mc_softplus(real x) {
+    return (x > 0 ? x : 0) + MC_LOG1P(MC_EXP(-MC_FABS(x)));
+}
+static inline real mc_silu_grad(real x, real y) {
+    real s = mc_sigmoid(x);
+    return s + y * (1 - s);
+}
+static inline real mc_max2(real a, real b) { return a > b ? a : b; }
+static inline real mc_min2(real a, real b) { return a < b ? a : b; }
+/* Gradient share of the left operand of maximum/minimum: 1, 0 or 1/2 on ties. */
+static inline real mc_pick(int left_wins, real a, real b) {
+    return a == b ? (real)0.5 : (real)left_wins;
+}
+static inline real mc_log_positive(real x) { return x > 0 ? MC_LOG(x) : 0; }
+static inline real mc_power_base_grad(real b, real e) { return e * MC_POW(b, e - 1); }
+
+#define MC_SQRT1_2 0.70710678118654752440
+#define MC_INV_SQRT_2PI 0.39894228040143267794
+#define MC_SQRT_2_OVER_PI 0.79788456080286535588
+
+static inline real mc_gelu(real x, int approximate) {
+    if (approximate) {
+        real inner = (real)MC_SQRT_2_OVER_PI * (x + (real)0.044715 * x * x * x);
+        return (real)0.5 * x * (1 + MC_TANH(inner));
+    }
+    return (real)0.5 * x * (1 + MC_ERF(x * (real)MC_SQRT1_2));
+}
+static inline real mc_gelu_grad(real x, int approximate) {
+    if (approximate) {
+        real t = MC_TANH((real)MC_SQRT_2_OVER_PI * (x + (real)0.044715 * x * x * x));
+        real d_inner = (real)MC_SQRT_2_OVER_PI * (1 + 3 * (real)0.044715 * x * x);
+        return (real)0.5 * (1 + t) + (real)0.5 * x * (1 - t * t) * d_inner;
+    }
+    real cdf = (real)0.5 * (1 + MC_ERF(x * (real)MC_SQRT1_2));
+    real pdf = (real)MC_INV_SQRT_2PI * MC_EXP((real)-0.5 * x * x);
+    return cdf + x * pdf;
+}
+
+/* -- elementwise.c ----------------------------------------------------------------- */
+void mc_fill(real *out, long n, real value);
+void mc_copy(real *out, const real *in, long n, int accumulate);
+
+/* -- linalg.c ---------------------------------------------------------------------- */
+/* C[M,N] = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*. */
+void mc_gemm(int trans_a, int trans_b, long m, long n, long k, const real *a,
+             long lda, const real *b, long ldb, real beta, real *c, long ldc);
+
+/* -- nn.c -------------------------------------------------------------------------- */
+/* Along an axis of length n; outer and inner are the products of the dims before and
+ * after it. ``accumulate`` adds into the gradient instead of overwriting it. */
+void mc_softmax(real *y, const real *x, long outer, long n, long inner);
+void mc_softmax_vjp(real *gx, const real *g, const real *y, long outer, long n,
+                    long inner, int accumulate);
+void mc_log_softmax(real *y, const real *x, long outer, long n, long inner);
+void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long outer, long n,
+                        long inner, int accumulate);
+
+/* -- reduction.c ------------------------------------------------------------------- */
+/* Sum over the middle axis of a [outer, n, inner] array into [outer, inner]. */
+void mc_sum_axis(real *out, const real *in, long outer, long n, long inner);
+
+/* -- shape.c ----------------------------------------------------------------------- */
+/* Strided views: ``shape`` and ``strides`` (in elements, 0 for broadcast dims) describe
+ * the view; the other side is contiguous. mc_gather copies (or adds) the view of ``in``
+ * into ``out``; mc_scatter copies (or adds) ``in`` into the view of ``out``. Adding is
+ * how broadcast dims are reduced. */
+void mc_gather(real *out, const real *in, int ndim, const long *shape,
+               const long *strides, int accumulate);
+void mc_scatter(real *out, const real *in, int ndim, const long *shape,
+                const long *strides, int accumulate);
+
+#endif

@@ -1,0 +1,48 @@
+"""Element-wise lowerings: C expression templates, fused into generated loops.
+
+``{0}``, ``{1}`` ... are the inputs (array elements, fused temporaries or literals),
+``{y}`` the output element and ``{g}`` its gradient. The forward is one expression; the
+VJP is one expression per input (``None``: no gradient).
+"""
+
+from __future__ import annotations
+
+from mithril_c.lowerings._types import CLowering
+
+_PICK_MAX = "{g} * mc_pick({0} > {1}, {0}, {1})"
+_PICK_MAX_RIGHT = "{g} * mc_pick({1} > {0}, {1}, {0})"
+_PICK_MIN = "{g} * mc_pick({0} < {1}, {0}, {1})"
+_PICK_MIN_RIGHT = "{g} * mc_pick({1} < {0}, {1}, {0})"
+
+LOWERINGS: dict[str, CLowering] = {
+    "add": ("({0} + {1})", ("{g}", "{g}")),
+    "subtract": ("({0} - {1})", ("{g}", "(-{g})")),
+    "multiply": ("({0} * {1})", ("{g} * {1}", "{g} * {0}")),
+    "divide": ("({0} / {1})", ("{g} / {1}", "-{g} * {y} / {1}")),
+    "floor_divide": ("MC_FLOOR({0} / {1})", (None, None)),
+    "power": (
+        "MC_POW({0}, {1})",
+        ("{g} * mc_power_base_grad({0}, {1})", "{g} * {y} * mc_log_positive({0})"),
+    ),
+    "minimum": ("mc_min2({0}, {1})", (_PICK_MIN, _PICK_MIN_RIGHT)),
+    "maximum": ("mc_max2({0}, {1})", (_PICK_MAX, _PICK_MAX_RIGHT)),
+    "negate": ("(-{0})", ("(-{g})",)),
+    "absolute": ("MC_FABS({0})", ("{g} * mc_sign({0})",)),
+    "exponential": ("MC_EXP({0})", ("{g} * {y}",)),
+    "log": ("MC_LOG({0})", ("{g} / {0}",)),
+    "sqrt": ("MC_SQRT({0})", ("(real)0.5 * {g} / {y}",)),
+    "sine": ("MC_SIN({0})", ("{g} * MC_COS({0})",)),
+    "cosine": ("MC_COS({0})", ("-{g} * MC_SIN({0})",)),
+    "relu": ("mc_relu({0})", ("({y} > 0 ? {g} : 0)",)),
+    "sigmoid": ("mc_sigmoid({0})", ("{g} * {y} * (1 - {y})",)),
+    "tanh": ("MC_TANH({0})", ("{g} * (1 - {y} * {y})",)),
+    "softplus": ("mc_softplus({0})", ("{g} * mc_sigmoid({0})",)),
+    "silu": ("({0} * mc_sigmoid({0}))", ("{g} * mc_silu_grad({0}, {y})",)),
+    "leaky_relu": (
+        "({0} > 0 ? {0} : {0} * {1})",
+        ("({0} > 0 ? {g} : {g} * {1})", None),
+    ),
+    "gelu": ("mc_gelu({0}, {1})", ("{g} * mc_gelu_grad({0}, {1})", None)),
+    "stop_gradient": ("{0}", (None,)),
+    "where": ("({0} ? {1} : {2})", (None, "({0} ? {g} : 0)", "({0} ? 0 : {g})")),
+}

@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mithril_c._codegen import Emitter, broadcast_strides, contiguous_strides
+from mithril_c.lowerings._types import CLowering
+from mithril_core.errors import CompileError
+from mithril_core.physical.flat import Node, Value
+
+Needs = tuple[bool, ...]
+
+
+def reshape(ctx: Emitter, node: Node) -> None:
+    ctx.alias(node, node.inputs[0])
+
+
+def reshape_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    ctx.grad_alias(node, node.inputs[0])
+
+
+def _permutation(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    shape = ctx.shape(node.inputs[0])
+    axes = node.inputs[1].constant
+    rank = len(shape)
+    perm = tuple(reversed(range(rank))) if axes is None else [a % rank for a in axes]
+    strides = contiguous_strides(shape)
+    return tuple(shape[p] for p in perm), tuple(strides[p] for p in perm)
+
+
+def transpose(ctx: Emitter, node: Node) -> None:
+    shape, strides = _permutation(ctx, node)
+    ctx.line(
+        f"mc_gather({ctx.out(node)}, {ctx.ptr(node.inputs[0])}, {len(shape)}, "
+        f"{ctx.longs(shape)}, {ctx.longs(strides)}, 0);"
+    )
+
+
+def transpose_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    shape, strides = _permutation(ctx, node)
+    pointer, accumulate = ctx.target(node.inputs[0])
+    ctx.line(
+        f"mc_scatter({pointer}, {ctx.gout(node)}, {len(shape)}, {ctx.longs(shape)}, "
+        f"{ctx.longs(strides)}, {int(accumulate)});"
+    )
+
+
+def expand(ctx: Emitter, node: Node) -> None:
+    shape = ctx.shape(node.output)
+    strides = broadcast_strides(ctx.shape(node.inputs[0]), shape)
+    ctx.line(
+        f"mc_gather({ctx.out(node)}, {ctx.ptr(node.inputs[0])}, {len(shape)}, "
+        f"{ctx.longs(shape)}, {ctx.longs(strides)}, 0);"
+    )
+
+
+def expand_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    shape = ctx.shape(node.output)
+    value = node.inputs[0]
+    strides = broadcast_strides(ctx.shape(value), shape)
+    pointer, accumulate = ctx.target(value)
+    if not accumulate:
+        ctx.line(f"mc_fill({pointer}, {ctx.numel(value)}, 0);")
+    ctx.line(
+        f"mc_scatter({pointer}, {ctx.gout(node)}, {len(shape)}, {ctx.longs(shape)}, "
+        f"{ctx.longs(strides)}, 1);"
+    )
+
+
+def _basic(index: Any) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(
+        p is None or p is Ellipsis or isinstance(p, int | np.integer | slice)
+        for p in parts
+    )
+
+
+def _indexed(ctx: Emitter, node: Node) -> tuple[Value, Any]:
+    """The tensor indexed and the index; a split's chunk k is a slice of its input."""
+    value, index = node.inputs[0], node.inputs[1].constant
+    chunk = ctx.chunk(value)
+    if chunk is None:
+        return value, index
+    source, size, axis = chunk
+    shape = ctx.shape(source)
+    axis %= len(shape)
+    k = index % -(-shape[axis] // size)
+    return source, (slice(None),) * axis + (slice(k * size, (k + 1) * size),)
+
+
+def _view(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    value, index = _indexed(ctx, node)
+    shape = ctx.shape(value)
+    if not _basic(index):
+        msg = (
+            f"{node.path}: backend 'c' supports basic indexing only (ints, slices, "
+            f"None, ...), not {index!r}."
+        )
+        raise CompileError(msg)
+    # A fake int8 array (never read) gives NumPy's view arithmetic in elements.
+    fake = np.lib.stride_tricks.as_strided(
+        np.zeros(1, dtype=np.int8), shape=shape, strides=contiguous_strides(shape)
+    )
+    view = fake[index]
+    start = fake.__array_interface__["data"][0]
+    offset = view.__array_interface__["data"][0] - start
+    return view.shape, view.strides, offset
+
+
+def indexer(ctx: Emitter, node: Node) -> None:
+    shape, strides, offset = _view(ctx, node)
+    source = ctx.ptr(_indexed(ctx, node)[0])
+    ctx.line(
+        f"mc_gather({ctx.out(node)}, {source} + {offset}, "
+        f"{len(shape)}, {ctx.longs(shape)}, {ctx.longs(strides)}, 0);"
+    )
+
+
+def indexer_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    shape, strides, offset = _view(ctx, node)
+    value = _indexed(ctx, node)[0]
+    if not ctx.requires(value):
+        return
+    pointer, accumulate = ctx.target(value)
+    if not accumulate:
+        ctx.line(f"mc_fill({pointer}, {ctx.numel(value)}, 0);")
+    ctx.line(
+        f"mc_scatter({pointer} + {offset}, {ctx.gout(node)}, {len(shape)}, "
+        f"{ctx.longs(shape)}, {ctx.longs(strides)}, 1);"
+    )
+
+
+def _pieces(ctx: Emitter, node: Node) -> list[tuple[Value, int, tuple[int, ...]]]:
+    """(part, element offset in the output, output strides) for each concat part."""
+    parts = ctx.parts(node.inputs[0])
+    axis = node.inputs[1].constant
+    result: list[tuple[Value, int, tuple[int, ...]]] = []
+    offset = 0
+    if axis is None:
+        for part in parts:
+            numel = ctx.numel(part)
+            result.append((part, offset, (1,)))
+            offset += numel
+        return result
+    out_shape = ctx.shape(node.output)
+    axis %= len(out_shape)
+    strides = contiguous_strides(out_shape)
+    for part in parts:
+        result.append((part, offset * strides[axis], strides))
+        offset += ctx.shape(part)[axis]
+    return result
+
+
+def _part_shape(ctx: Emitter, node: Node, part: Value) -> tuple[int, ...]:
+    if node.inputs[1].constant is None:
+        return (ctx.numel(part),)
+    return ctx.shape(part)
+
+
+def concat(ctx: Emitter, node: Node) -> None:
+    out = ctx.out(node)
+    for part, offset, strides in _pieces(ctx, node):
+        shape = _part_shape(ctx, node, part)
+        if math.prod(shape) == 0:
+            continue
+        ctx.line(
+            f"mc_scatter({out} + {offset}, {ctx.ptr(part)}, {len(shape)}, "
+            f"{ctx.longs(shape)}, {ctx.longs(strides)}, 0);"
+        )
+
+
+def concat_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    grad = ctx.gout(node)
+    for part, offset, strides in _pieces(ctx, node):
+        if not ctx.requires(part):
+            continue
+        shape = _part_shape(ctx, node, part)
+        pointer, accumulate = ctx.target(part)
+        ctx.line(
+            f"mc_gather({pointer}, {grad} + {offset}, {len(shape)}, "
+            f"{ctx.longs(shape)}, {ctx.longs(strides)}, {int(accumulate)});"
+        )
+
+
+def _folded(ctx: Emitter, node: Node, needs: Needs | None = None) -> None:
+    msg = (
+        f"{node.path}: {node.op!r} must be folded at compile time for backend 'c' "
+        "(give static shapes and constant arguments)."
+    )
+    raise CompileError(msg)
+
+
+LOWERINGS: dict[str, CLowering] = {
+    "reshape": (reshape, reshape_vjp),
+    "flatten": (reshape, reshape_vjp),
+    "squeeze": (reshape, reshape_vjp),
+    "unsqueeze": (reshape, reshape_vjp),
+    "transpose": (transpose, transpose_vjp),
+    "expand": (expand, expand_vjp),
+    "indexer": (indexer, indexer_vjp),
+    "concat": (concat, concat_vjp),
+    # Static shapes fold `shape`; lists and split chunks are read through by concat
+    # and indexing: these never reach C code.
+    "split": (_folded, _folded),
+    "shape": (_folded, _folded),
+    "to_list": (_folded, _folded),
+    "to_tuple": (_folded, _folded),
+}
