@@ -6,12 +6,12 @@ stays cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mithril_core.backends.base import Backend, Evaluator, Program
+from mithril_core.backends.base import Backend, Evaluator, Program, _shape
 from mithril_core.dtypes import ALL_DTYPES, Dtype
 from mithril_core.errors import CompileError
 
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 Outputs = dict[str, Any]
 Gradients = dict[str, Any]
+# One mesh-axis name (or None: not split) per dim of an array.
+ShardingSpec = Sequence[str | None]
 
 
 class JaxBackend(Backend):
@@ -37,6 +39,14 @@ class JaxBackend(Backend):
     ``jit=True`` wraps the whole evaluation, gradients included, in one ``jax.jit``.
     Inputs that are not arrays (Python numbers, tuples) are compile-time constants of
     the jitted function: a new value compiles it again.
+
+    **Sharding.** ``device_mesh=(d0, d1, ...)`` lays the first ``d0 * d1 * ...`` devices
+    of the platform out as a :class:`jax.sharding.Mesh` with ``mesh_axis_names``
+    (default ``("data",)`` for a 1-D mesh, ``("data", "model")`` for a 2-D one). Then
+    every array the backend creates lives on the mesh: replicated, or split as
+    ``sharding`` (one mesh-axis name or ``None`` per dim) says, e.g.
+    ``backend.array(x, sharding=("data", None))``; ``compile(..., shardings={key:
+    spec})`` pins inputs and outputs to a layout (see :mod:`mithril_jax.sharding`).
     """
 
     name = "jax"
@@ -45,7 +55,16 @@ class JaxBackend(Backend):
     supported_dtypes = frozenset(ALL_DTYPES)
     devices = ("cpu", "gpu", "cuda", "tpu")
 
-    def __init__(self, device: str = "cpu", dtype: Dtype | str = "float32") -> None:
+    supports_sharding = True
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        dtype: Dtype | str = "float32",
+        *,
+        device_mesh: Sequence[int] | None = None,
+        mesh_axis_names: Sequence[str] | None = None,
+    ) -> None:
         import jax
 
         jax.config.update("jax_enable_x64", True)
@@ -72,9 +91,67 @@ class JaxBackend(Backend):
             raise CompileError(msg)
         super().__init__(device=device, dtype=dtype)
         self._jax_device: jax.Device = found[position]
+        self._mesh: jax.sharding.Mesh | None = None
+        if device_mesh is not None:
+            from mithril_jax.sharding import make_mesh
+
+            self._mesh = make_mesh(found, device_mesh, mesh_axis_names, device)
+        elif mesh_axis_names is not None:
+            msg = "JaxBackend: mesh_axis_names needs a device_mesh."
+            raise CompileError(msg)
+
+    @property
+    def mesh(self) -> jax.sharding.Mesh | None:
+        """The :class:`jax.sharding.Mesh` of ``device_mesh``, or ``None``."""
+        return self._mesh
+
+    @property
+    def device_mesh(self) -> tuple[int, ...] | None:
+        """Shape of the device mesh, or ``None`` without one."""
+        if self._mesh is None:
+            return None
+        return tuple(int(n) for n in self._mesh.devices.shape)
+
+    @property
+    def mesh_axis_names(self) -> tuple[str, ...] | None:
+        """Names of the mesh axes, or ``None`` without a mesh."""
+        return None if self._mesh is None else tuple(self._mesh.axis_names)
+
+    def __repr__(self) -> str:
+        if self._mesh is None:
+            return super().__repr__()
+        return (
+            f"{type(self).__name__}(device={self.device!r}, dtype={self.dtype!r}, "
+            f"device_mesh={self.device_mesh}, mesh_axis_names={self.mesh_axis_names})"
+        )
+
+    def sharding(self, spec: ShardingSpec | None) -> jax.sharding.NamedSharding:
+        """The :class:`jax.sharding.NamedSharding` of ``spec`` (one mesh-axis name or
+        ``None`` per dim; ``None`` or ``()`` replicates) on this backend's mesh."""
+        from mithril_jax.sharding import named_sharding
+
+        return named_sharding(self._require_mesh("sharding"), spec)
+
+    def _require_mesh(self, what: str) -> jax.sharding.Mesh:
+        if self._mesh is None:
+            msg = (
+                f"JaxBackend.{what}: this backend has no device mesh; create it with "
+                "JaxBackend(device_mesh=(n,)) to shard arrays."
+            )
+            raise CompileError(msg)
+        return self._mesh
 
     # -- array API ---------------------------------------------------------------------
-    def array(self, data: Any, dtype: Dtype | str | None = None) -> jax.Array:
+    def array(
+        self,
+        data: Any,
+        dtype: Dtype | str | None = None,
+        *,
+        sharding: ShardingSpec | jax.sharding.Sharding | None = None,
+    ) -> jax.Array:
+        """As :meth:`Backend.array`; with a device mesh the array is put on the mesh,
+        replicated or split as ``sharding`` says (a spec such as ``("data", None)`` or
+        a :class:`jax.sharding.Sharding`)."""
         import jax
 
         from mithril_jax._dtypes import jax_dtype
@@ -91,7 +168,54 @@ class JaxBackend(Backend):
         else:
             msg = f"JaxBackend.array: unsupported data of NumPy dtype {values.dtype}."
             raise TypeError(msg)
-        return jax.device_put(values.astype(target), self._jax_device)
+        values = values.astype(target)
+        if isinstance(sharding, jax.sharding.Sharding):
+            return jax.device_put(values, sharding)
+        if sharding is not None:
+            return jax.device_put(values, self.sharding(sharding))
+        if self._mesh is not None:
+            return jax.device_put(values, self.sharding(None))
+        return jax.device_put(values, self._jax_device)
+
+    def zeros(
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> jax.Array:
+        """Array of zeros (split as ``sharding`` says, with a device mesh)."""
+        values = np.zeros(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
+
+    def ones(
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> jax.Array:
+        """Array of ones (split as ``sharding`` says, with a device mesh)."""
+        values = np.ones(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
+
+    def randn(
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> jax.Array:
+        """Standard-normal samples (split as ``sharding`` says, with a device mesh)."""
+        values = self._rng().standard_normal(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
+
+    def rand(
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> jax.Array:
+        """Uniform [0, 1) samples (split as ``sharding`` says, with a device mesh)."""
+        values = self._rng().random(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         values = np.asarray(array)
@@ -113,6 +237,17 @@ class JaxBackend(Backend):
 
         forward = program.forward
         grad_keys = program.grad_keys
+        if program.shardings and self._mesh is None:
+            msg = (
+                f"compile(shardings=...) needs a JaxBackend with a device mesh, e.g. "
+                f"JaxBackend(device_mesh=(n,)); got {self!r}."
+            )
+            raise CompileError(msg)
+        layout = None
+        if self._mesh is not None:
+            from mithril_jax.sharding import Layout
+
+            layout = Layout(self._mesh, program.shardings)
 
         def forward_backward(
             inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
@@ -137,14 +272,32 @@ class JaxBackend(Backend):
             }
             return outputs, gradients
 
+        def run_forward(inputs: Mapping[str, Any]) -> Outputs:
+            outputs = forward(inputs)
+            return outputs if layout is None else layout.constrain(outputs)
+
+        def run_forward_backward(
+            inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
+        ) -> tuple[Outputs, Gradients]:
+            outputs, gradients = forward_backward(inputs, output_gradients)
+            if layout is None:
+                return outputs, gradients
+            # Pin the outputs and gradients of the keys given in shardings (inside
+            # jit: sharding constraints, which XLA partitions the computation around).
+            return layout.constrain(outputs), layout.constrain(gradients)
+
         if not jit:
 
             def evaluate(
                 inputs: Mapping[str, Any], output_gradients: Mapping[str, Any] | None
             ) -> tuple[Outputs, Gradients | None]:
+                if layout is not None:
+                    inputs = layout.place(inputs)
+                    if output_gradients is not None:
+                        output_gradients = layout.place(output_gradients)
                 if output_gradients is None:
-                    return forward(inputs), None
-                return forward_backward(inputs, output_gradients)
+                    return run_forward(inputs), None
+                return run_forward_backward(inputs, output_gradients)
 
             return evaluate
 
@@ -156,12 +309,14 @@ class JaxBackend(Backend):
             if key not in cache:
                 if with_gradients:
                     cache[key] = jax.jit(
-                        lambda dynamic, cotangents: forward_backward(
+                        lambda dynamic, cotangents: run_forward_backward(
                             {**static, **dynamic}, cotangents
                         )
                     )
                 else:
-                    cache[key] = jax.jit(lambda dynamic: forward({**static, **dynamic}))
+                    cache[key] = jax.jit(
+                        lambda dynamic: run_forward({**static, **dynamic})
+                    )
             return cache[key]
 
         def evaluate_jitted(
@@ -169,6 +324,12 @@ class JaxBackend(Backend):
         ) -> tuple[Outputs, Gradients | None]:
             dynamic = {k: v for k, v in inputs.items() if _is_array(v)}
             static = {k: v for k, v in inputs.items() if k not in dynamic}
+            if layout is not None:
+                # Committed inputs on the mesh: jit partitions the computation by
+                # their shardings (and recompiles for a new layout).
+                dynamic = layout.place(dynamic)
+                if output_gradients is not None:
+                    output_gradients = layout.place(output_gradients)
             if output_gradients is None:
                 return jitted(static, False)(dynamic), None
             outputs, gradients = jitted(static, True)(dynamic, dict(output_gradients))

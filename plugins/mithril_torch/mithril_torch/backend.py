@@ -7,19 +7,23 @@ stays cheap.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mithril_core.backends.base import Backend, Evaluator, Program
+from mithril_core.backends.base import Backend, Evaluator, Program, _shape
 from mithril_core.dtypes import ALL_DTYPES, Dtype
 from mithril_core.errors import CompileError
 
 if TYPE_CHECKING:
     import torch
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import Placement
 
 Forward = Callable[[Mapping[str, Any]], dict[str, Any]]
+# One mesh-axis name (or None: not split) per dim of a tensor.
+ShardingSpec = Sequence[str | None]
 
 
 class TorchBackend(Backend):
@@ -30,6 +34,17 @@ class TorchBackend(Backend):
 
     ``jit=True`` compiles the generated forward with ``torch.compile``; if torch cannot
     compile it, a ``RuntimeWarning`` names the reason and the model runs eagerly.
+
+    **Distributed.** ``device_mesh=(n,)`` (or ``(d0, d1)`` with ``mesh_axis_names``,
+    default ``("data",)`` / ``("data", "model")``) builds a
+    :class:`torch.distributed.device_mesh.DeviceMesh` over the processes of the default
+    process group (started by ``torchrun`` or
+    :func:`mithril_torch.distributed.run_parallel`; gloo on the CPU, nccl on CUDA with
+    one GPU per process, ``cuda:LOCAL_RANK``). Every array the backend creates is then
+    a :class:`torch.distributed.tensor.DTensor`: replicated, or split as ``sharding``
+    (one mesh-axis name or ``None`` per dim) says. Models run eagerly on DTensors
+    (``jit`` is ignored) and are differentiated by torch autograd on DTensors; see
+    :mod:`mithril_torch.distributed`.
     """
 
     name = "torch"
@@ -38,7 +53,16 @@ class TorchBackend(Backend):
     supported_dtypes = frozenset(ALL_DTYPES)
     devices = ("cpu", "cuda")
 
-    def __init__(self, device: str = "cpu", dtype: Dtype | str = "float32") -> None:
+    supports_sharding = True
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        dtype: Dtype | str = "float32",
+        *,
+        device_mesh: Sequence[int] | None = None,
+        mesh_axis_names: Sequence[str] | None = None,
+    ) -> None:
         import torch
 
         supported = f"TorchBackend supports devices cpu, cuda[:index], not {device!r}."
@@ -54,15 +78,74 @@ class TorchBackend(Backend):
                 f"build ({torch.__version__}); use device='cpu' or a CUDA build."
             )
             raise CompileError(msg)
+        self._mesh: DeviceMesh | None = None
+        if device_mesh is not None:
+            from mithril_torch.distributed import make_device_mesh
+
+            self._mesh, torch_device = make_device_mesh(
+                torch_device, device_mesh, mesh_axis_names
+            )
+        elif mesh_axis_names is not None:
+            msg = "TorchBackend: mesh_axis_names needs a device_mesh."
+            raise CompileError(msg)
         super().__init__(device=str(torch_device), dtype=dtype)
         self._torch_device = torch_device
 
+    @property
+    def mesh(self) -> DeviceMesh | None:
+        """The :class:`~torch.distributed.device_mesh.DeviceMesh`, or ``None``."""
+        return self._mesh
+
+    @property
+    def device_mesh(self) -> tuple[int, ...] | None:
+        """Shape of the device mesh, or ``None`` without one."""
+        return None if self._mesh is None else tuple(self._mesh.shape)
+
+    @property
+    def mesh_axis_names(self) -> tuple[str, ...] | None:
+        """Names of the mesh axes, or ``None`` without a mesh."""
+        if self._mesh is None:
+            return None
+        return tuple(self._mesh.mesh_dim_names or ())
+
+    def __repr__(self) -> str:
+        if self._mesh is None:
+            return super().__repr__()
+        return (
+            f"{type(self).__name__}(device={self.device!r}, dtype={self.dtype!r}, "
+            f"device_mesh={self.device_mesh}, mesh_axis_names={self.mesh_axis_names})"
+        )
+
+    def placements(self, spec: ShardingSpec | None) -> tuple[Placement, ...]:
+        """DTensor placements (one per mesh axis) of ``spec`` (one mesh-axis name or
+        ``None`` per tensor dim; ``None`` or ``()`` replicates)."""
+        from mithril_torch.distributed import placements
+
+        if self._mesh is None:
+            msg = (
+                "TorchBackend: this backend has no device mesh; create it with "
+                "TorchBackend(device_mesh=(n,)) to shard tensors."
+            )
+            raise CompileError(msg)
+        return placements(self._mesh, spec)
+
     # -- array API ---------------------------------------------------------------------
-    def array(self, data: Any, dtype: Dtype | str | None = None) -> torch.Tensor:
+    def array(
+        self,
+        data: Any,
+        dtype: Dtype | str | None = None,
+        *,
+        sharding: ShardingSpec | None = None,
+    ) -> torch.Tensor:
+        """As :meth:`Backend.array`; with a device mesh a DTensor, replicated or split
+        as ``sharding`` says, e.g. ``("data", None)``. Every rank must pass the same
+        full ``data`` (nothing is broadcast): each keeps its own slice."""
         import torch
 
         from mithril_torch._dtypes import torch_dtype
 
+        if sharding is not None and self._mesh is None:
+            self.placements(sharding)  # raises: no mesh
         if isinstance(data, torch.Tensor):
             tensor = data.detach().clone()
         else:
@@ -78,14 +161,65 @@ class TorchBackend(Backend):
             target = torch.bool
         else:
             target = torch.int64
-        return tensor.to(device=self._torch_device, dtype=target)
+        tensor = tensor.to(device=self._torch_device, dtype=target)
+        if self._mesh is None:
+            return tensor
+        from mithril_torch.distributed import as_dtensor
+
+        return as_dtensor(tensor, self._mesh, self.placements(sharding))
+
+    def zeros(
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> torch.Tensor:
+        """Tensor of zeros (split as ``sharding`` says, with a device mesh)."""
+        values = np.zeros(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
+
+    def ones(
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> torch.Tensor:
+        """Tensor of ones (split as ``sharding`` says, with a device mesh)."""
+        values = np.ones(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
+
+    def randn(
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> torch.Tensor:
+        """Standard-normal samples (split as ``sharding`` says, with a device mesh)."""
+        values = self._rng().standard_normal(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
+
+    def rand(
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        sharding: ShardingSpec | None = None,
+    ) -> torch.Tensor:
+        """Uniform [0, 1) samples (split as ``sharding`` says, with a device mesh)."""
+        values = self._rng().random(_shape(shape))
+        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         import torch
 
         if not isinstance(array, torch.Tensor):
             return np.asarray(array)
-        tensor = array.detach().cpu()
+        tensor = array.detach()
+        if self._mesh is not None:
+            from torch.distributed.tensor import DTensor
+
+            if isinstance(tensor, DTensor):  # a collective: every rank must call it
+                tensor = tensor.full_tensor()
+        tensor = tensor.cpu()
         if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16
             tensor = tensor.to(torch.float32)
         return tensor.numpy()
@@ -103,6 +237,16 @@ class TorchBackend(Backend):
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
         import torch
 
+        if program.shardings and self._mesh is None:
+            msg = (
+                f"compile(shardings=...) needs a TorchBackend with a device mesh, e.g. "
+                f"TorchBackend(device_mesh=(n,)); got {self!r}."
+            )
+            raise CompileError(msg)
+        if self._mesh is not None:
+            from mithril_torch.distributed import build_distributed_evaluator
+
+            return build_distributed_evaluator(program, self._mesh)
         forward: Forward = _CompiledForward(program.forward) if jit else program.forward
         grad_keys = program.grad_keys
 
