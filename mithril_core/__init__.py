@@ -76,6 +76,14 @@ def to_dot(model: Any) -> str:
     return model_to_dot(model)
 
 
+def to_svg(model: Any) -> str:
+    """SVG of :func:`to_dot` through the Graphviz ``dot`` binary (a clear error when
+    Graphviz is not installed)."""
+    from mithril_core.logical.dot import render_svg
+
+    return render_svg(to_dot(model))
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY_BACKENDS:
         from mithril_core.plugins import get_registry
@@ -111,6 +119,7 @@ __all__ = [
     "bool_",
     "compile",
     "to_dot",
+    "to_svg",
     "float16",
     "float32",
     "float64",

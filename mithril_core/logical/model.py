@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -171,12 +174,41 @@ class BaseModel:
 
         return model_from_dict(data)
 
+    def to_json(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
+        """:meth:`to_dict` as JSON text (``kwargs`` go to ``json.dumps``), also written
+        to ``path`` when given."""
+        from mithril_core.logical.serialize import model_to_json
+
+        text = model_to_json(self, **kwargs)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @staticmethod
+    def from_json(source: str | os.PathLike[str]) -> BaseModel:
+        """Rebuild a model from :meth:`to_json`'s text or from a file holding it."""
+        from mithril_core.logical.serialize import model_from_json
+
+        if isinstance(source, str) and source.lstrip().startswith("{"):
+            return model_from_json(source)
+        return model_from_json(Path(source).read_text())
+
     def summary(self) -> str:
+        """Print and return a table of this model's tree: per model its type, input
+        and output shapes (symbolic where unknown), parameters and estimated FLOPs."""
         from mithril_core.logical.summary import logical_summary
 
         text = logical_summary(self)
         print(text)
         return text
+
+    def flop_counts(self) -> dict[str, int | None]:
+        """Estimated FLOPs of one forward call of this model and of every model below
+        it, by :meth:`path`; ``None`` where a needed shape is unknown. A composite's
+        count is the sum of its children's (see :meth:`Primitive.flops`)."""
+        from mithril_core.logical.summary import logical_flops
+
+        return logical_flops(self)
 
 
 class Primitive(BaseModel):
@@ -194,6 +226,9 @@ class Primitive(BaseModel):
     # False for ops whose gradient is zero everywhere it exists (floor division,
     # stop_gradient): no gradient flows back through them.
     differentiable: ClassVar[bool] = True
+    #: Operations per output element for the default :meth:`flops` rule; ``0`` for
+    #: ops that only move data (their cost is then 0 even with unknown shapes).
+    flops_per_element: ClassVar[int] = 1
 
     def __init__(self, name: str | None = None, **terminals: Any) -> None:
         super().__init__(name=name)
@@ -228,6 +263,35 @@ class Primitive(BaseModel):
         for fn in self.rules:
             sh.schedule(sh.Rule(fn, self._terminals, self))
         solve()
+
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        """Estimated floating-point operations of one forward call (for ``summary()``).
+
+        Convention: count each arithmetic operation, comparison or elementary function
+        (exp, log, sqrt, tanh, erf ...) once per element it is applied to, as the op's
+        formula reads (``sigmoid = 1 / (1 + exp(-x))`` is 4 per element); a product of
+        sums counts a multiply and an add (matmul: ``2 * M * N * K``); moving data
+        (reshape, transpose, indexing, gather, padding) counts 0.
+
+        The default, ``flops_per_element`` times the output's element count, fits
+        element-wise ops: set that class attribute, or override this method (as
+        reductions, matmul, convolution and pooling do). Constructor constants are in
+        ``self.attributes``.
+
+        :param input_shapes: input terminal name -> static shape: a tensor's dims,
+            ``()`` for a number, ``None`` when unknown (or neither).
+        :param output_shape: the output's static shape, in the same form.
+        :returns: the estimate, or ``None`` when a shape it needs is unknown.
+        """
+        if self.flops_per_element == 0:
+            return 0
+        if output_shape is None:
+            return None
+        return self.flops_per_element * math.prod(output_shape)
 
     def forwarded_input(self, constants: dict[str, Any]) -> str | None:
         """Name of the input the output equals, given the constant inputs, or ``None``.

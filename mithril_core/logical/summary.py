@@ -2,27 +2,117 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from mithril_core.errors import ModelConnectionError
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import NOVALUE, Connection
 from mithril_core.logical.model import BaseModel, Model, Primitive
 
 if TYPE_CHECKING:
+    from mithril_core.physical.flat import Node
     from mithril_core.physical.physical_model import PhysicalModel
 
+_UNITS = ("", " K", " M", " G", " T", " P", " E")
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()
-    ]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append(
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
+def _table(
+    header: tuple[str, ...],
+    rows: list[tuple[str, ...]],
+    total: tuple[str, ...] | None = None,
+    numeric: int = 0,
+) -> str:
+    """Columns padded to their widest cell; the last ``numeric`` columns (counts)
+    right-aligned; ``total`` below a rule."""
+    everything = [header, *rows, *([total] if total else [])]
+    widths = [max(len(r[i]) for r in everything) for i in range(len(header))]
+    first_numeric = len(header) - numeric
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = (
+            c.rjust(w) if i >= first_numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
+        return "  ".join(padded).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    lines = [line(header), rule, *(line(r) for r in rows)]
+    if total is not None:
+        lines += [rule, line(total)]
     return "\n".join(lines)
+
+
+def format_flops(count: int | None) -> str:
+    """``count`` with a metric unit and one decimal from 1000 up (``"1.2 M"``), ``"?"``
+    when unknown."""
+    if count is None:
+        return "?"
+    if count < 1000:
+        return str(count)
+    value, unit = float(count), 0
+    while value >= 999.95 and unit < len(_UNITS) - 1:
+        value, unit = value / 1000, unit + 1
+    return f"{value:.1f}{_UNITS[unit]}"
+
+
+def _static_shape(conn: Connection, constant: Any = NOVALUE) -> tuple[int, ...] | None:
+    """A tensor's dims, ``()`` for a number, ``None`` when unknown (or neither)."""
+    root = conn.find()
+    value = root.value if constant is NOVALUE else constant
+    if value is not NOVALUE:
+        if hasattr(value, "shape"):
+            return tuple(int(d) for d in value.shape)
+        return () if isinstance(value, int | float) else None
+    if root.types <= ty.TENSORS:
+        values = root.shape_node.values()
+        if values is None or None in values:
+            return None
+        return tuple(values)  # type: ignore[arg-type]
+    return () if root.types <= ty.SCALARS else None
+
+
+def primitive_flops(primitive: Primitive) -> int | None:
+    """:meth:`Primitive.flops` of a call in a logical model, with the shapes known now
+    (0 when its output is already a constant: compile folds it)."""
+    output = primitive._terminals["output"]
+    if output.find().value is not NOVALUE:
+        return 0
+    shapes = {n: _static_shape(primitive._terminals[n]) for n in primitive._inputs}
+    return primitive.flops(shapes, _static_shape(output))
+
+
+def node_flops(node: Node) -> int | None:
+    """:meth:`Primitive.flops` of a flat-graph call, with the static shapes of its
+    compiled inputs and output."""
+    shapes = {
+        name: _static_shape(value.conn, value.constant)
+        for name, value in zip(node.primitive._inputs, node.inputs, strict=True)
+    }
+    return node.primitive.flops(shapes, _static_shape(node.output.conn))
+
+
+def _sum(counts: list[int | None]) -> int | None:
+    return None if None in counts else sum(counts)  # type: ignore[arg-type]
+
+
+def logical_flops(model: BaseModel) -> dict[str, int | None]:
+    """Estimated forward FLOPs of ``model`` and every model below it, by
+    :meth:`~BaseModel.path`: a primitive's from its ``flops`` rule, a composite's the
+    sum of its children's (``None`` when any is unknown)."""
+    model._ensure_built()
+    counts: dict[str, int | None] = {}
+
+    def visit(current: BaseModel) -> int | None:
+        if isinstance(current, Primitive):
+            count = primitive_flops(current)
+        else:
+            assert isinstance(current, Model)
+            count = _sum([visit(child) for child in current._children])
+        counts[current.path()] = count
+        return count
+
+    visit(model)
+    return counts
 
 
 def _describe(conn: Connection) -> str:
@@ -34,14 +124,16 @@ def _describe(conn: Connection) -> str:
     return ty.format_type(root.types)
 
 
-def _param_count(model: BaseModel) -> int:
-    """Elements of float tensor inputs with known shapes below ``model``
-    (parameters)."""
-    seen: set[int] = set()
+def _param_count(model: BaseModel, data: Connection | None = None) -> int:
+    """Elements of the free float tensor inputs with known shapes used below
+    ``model`` (its parameters), not counting ``data`` (the root's canonical input)."""
+    seen: set[int] = set() if data is None else {id(data.find())}
     total = 0
-    primitives = (
-        [(model, "")] if isinstance(model, Primitive) else list(model.primitives())
-    )  # type: ignore[attr-defined]
+    if isinstance(model, Primitive):
+        primitives = [(model, "")]
+    else:
+        assert isinstance(model, Model)
+        primitives = list(model.primitives())
     for primitive, _ in primitives:
         for name in primitive._inputs:
             root = primitive._terminals[name].find()
@@ -65,10 +157,39 @@ def _param_count(model: BaseModel) -> int:
     return total
 
 
+def _canonical_input(model: BaseModel) -> Connection | None:
+    """The data input of a model (its canonical input), if it has one."""
+    try:
+        return model.cin
+    except (ModelConnectionError, NotImplementedError):
+        return None
+
+
+def _terminals(model: Model) -> tuple[str, str]:
+    """``model``'s inputs and outputs as seen from outside it: a named terminal is an
+    output when a primitive inside ``model`` produces it, else an input."""
+    inside = {id(p) for p, _ in model.primitives()}
+    inputs, outputs = [], []
+    names = sorted(model._conns, key=lambda name: name != "input")  # input first
+    for name in names:
+        conn = model._conns[name]
+        if name.startswith("__") or name not in model._exposed:
+            continue
+        root = conn.find()
+        if root.producer is not None and id(root.producer) in inside:
+            outputs.append(f"{name}: {_describe(conn)}")
+        elif root.value is NOVALUE:
+            inputs.append(f"{name}: {_describe(conn)}")
+    return ", ".join(inputs), ", ".join(outputs)
+
+
 def logical_summary(model: BaseModel) -> str:
-    """One row per child (recursively): path, type, inputs, outputs, parameters."""
+    """One row per child (recursively): path, type, inputs, outputs, parameters and
+    estimated FLOPs (``?`` where a shape is unknown), then the totals."""
     model._ensure_built()
     rows: list[tuple[str, ...]] = []
+    flops = logical_flops(model)
+    data = _canonical_input(model)
 
     def visit(current: BaseModel, depth: int) -> None:
         if isinstance(current, Primitive):
@@ -78,22 +199,19 @@ def logical_summary(model: BaseModel) -> str:
             output = _describe(current._terminals["output"])
         else:
             assert isinstance(current, Model)
-            inputs = ", ".join(
-                f"{n}: {_describe(current._conns[n])}" for n in current.input_names()
-            )
-            output = ", ".join(
-                f"{n}: {_describe(c)}"
-                for n, c in current._exposed.items()
-                if not n.startswith("__") and c.find().producer is not None
-            )
+            inputs, output = _terminals(current)
         label = current._child_name or current.name or type(current).__name__
+        nested_primitive = isinstance(current, Primitive) and depth > 0
+        params = "" if nested_primitive else f"{_param_count(current, data):,}"
         rows.append(
             (
                 "  " * depth + label,
                 type(current).__name__,
                 inputs,
                 output,
-                f"{_param_count(current):,}",
+                # A primitive's parameters are listed with the composite using it.
+                params,
+                format_flops(flops[current.path()]),
             )
         )
         if isinstance(current, Model):
@@ -101,21 +219,32 @@ def logical_summary(model: BaseModel) -> str:
                 visit(child, depth + 1)
 
     visit(model, 0)
-    return _table(("model", "type", "inputs", "outputs", "params"), rows)
+    total = ("total", "", "", "", rows[0][-2], rows[0][-1])
+    header = ("model", "type", "inputs", "outputs", "params", "flops")
+    return _table(header, rows, total, numeric=2)
+
+
+def physical_flops(pm: PhysicalModel) -> dict[str, int | None]:
+    """Estimated FLOPs of each flat-graph call of ``pm`` (one forward evaluation), by
+    node path."""
+    return {node.path: node_flops(node) for node in pm.graph.nodes}
 
 
 def physical_summary(pm: PhysicalModel) -> str:
-    """One row per flat-graph node: path, op, input and output shapes."""
+    """One row per flat-graph node: path, op, input and output shapes, estimated
+    FLOPs; then the total FLOPs of a forward evaluation."""
     rows: list[tuple[str, ...]] = []
+    counts: list[int | None] = []
     for node in pm.graph.nodes:
         inputs = ", ".join(
             str(v.shape()) if not v.is_constant else repr(v.constant)
             for v in node.inputs
         )
-        rows.append(
-            (node.path, node.op, inputs, f"{node.output.name}: {node.output.shape()}")
-        )
-    body = _table(("node", "op", "inputs", "output"), rows)
+        counts.append(node_flops(node))
+        output = f"{node.output.name}: {node.output.shape()}"
+        rows.append((node.path, node.op, inputs, output, format_flops(counts[-1])))
+    total = ("total", "", "", "", format_flops(_sum(counts)))
+    body = _table(("node", "op", "inputs", "output", "flops"), rows, total, numeric=1)
     params = sum(
         _numel(pm.graph.inputs[k].shape()) for k in (*pm.trainable_keys, *pm.state_keys)
     )

@@ -65,7 +65,6 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         ``{"input": ("data", None), "weight": (None, "model")}``, for backends created
         with a ``device_mesh`` (JAX, Torch).
     """
-    timer = _PhaseTimer()
     if not isinstance(model, BaseModel):
         msg = f"compile() expects a model, got {type(model).__name__}."
         raise TypeError(msg)
@@ -79,6 +78,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     if model._parent is not None:
         msg = f"{model.path()} is part of a larger model; compile the top model."
         raise CompileError(msg)
+    timer = _PhaseTimer(model.path(), backend.name)
     top = _as_model(model)
     with _deep_recursion():
         top = copy.deepcopy(top)
@@ -125,17 +125,21 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
             if updated is not None:
                 graph.outputs[f"{key}_updated"] = graph.values[id(updated.find())]
     flat.topological_order(graph)
+    timer.done("flatten", graph)
     flat.remove_buffers(graph)
     flat.prune(graph)
+    timer.done("prune", graph)
     flat.deduplicate(graph)
+    timer.done("dedupe", graph)
     registry = get_registry()
     lowerings = registry.lowerings(backend.name)
     _check_lowerings(graph, lowerings, backend.name)
+    timer.done("lowering check")
     numpy_lowerings = registry.lowerings("numpy")
     flat.fold_constants(graph, lambda node, args: _fold(node, args, numpy_lowerings))
     flat.prune(graph)
     flat.cast_promoted_floats(graph, backend.dtype.name)
-    timer.done("passes")
+    timer.done("constant fold", graph)
 
     input_keys = tuple(graph.inputs)
     float_inputs = {k for k, v in graph.inputs.items() if ty.TENSOR_FLOAT in v.types}
@@ -183,9 +187,11 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
             inference,
             file_path,
         )
+    timer.done("codegen")
     program.shardings = _check_shardings(shardings, graph, backend)
     evaluator = backend.build_evaluator(program, jit=jit and backend.supports_jit)
-    timer.done("codegen")
+    timer.done("backend build")
+    timer.finish(graph)
     from mithril_core.physical.physical_model import PhysicalModel
 
     return PhysicalModel(
@@ -293,13 +299,27 @@ def _write_source(source: str, file_path: str | None) -> str:
 
 
 class _PhaseTimer:
-    def __init__(self) -> None:
+    """Logs each compile phase at INFO as it ends, so a long compile is never
+    silent."""
+
+    def __init__(self, path: str, backend: str) -> None:
+        self.path = path
+        logger.info("compiling %s for backend %r", path, backend)
         self.start = self.last = time.perf_counter()
 
-    def done(self, phase: str) -> None:
+    def done(self, phase: str, graph: flat.FlatGraph | None = None) -> None:
         now = time.perf_counter()
-        logger.info("compile %s: %.1f ms", phase, (now - self.last) * 1e3)
+        nodes = "" if graph is None else f" ({len(graph.nodes)} nodes)"
+        logger.info("compile %s: %.1f ms%s", phase, (now - self.last) * 1e3, nodes)
         self.last = now
+
+    def finish(self, graph: flat.FlatGraph) -> None:
+        logger.info(
+            "compiled %s: %d nodes in %.1f ms",
+            self.path,
+            len(graph.nodes),
+            (time.perf_counter() - self.start) * 1e3,
+        )
 
 
 class _deep_recursion:  # noqa: N801 - used as a context manager

@@ -96,11 +96,20 @@ class PhysicalModel:
         return physical_to_dot(self)
 
     def summary(self) -> str:
+        """Print and return a table of the compiled calls: op, shapes and estimated
+        FLOPs, with the total, inputs, outputs and parameter count."""
         from mithril_core.logical.summary import physical_summary
 
         text = physical_summary(self)
         print(text)
         return text
+
+    def flop_counts(self) -> dict[str, int | None]:
+        """Estimated FLOPs of each compiled call in one forward evaluation, by node
+        path (``None`` where a shape is unknown); their sum is the summary's total."""
+        from mithril_core.logical.summary import physical_flops
+
+        return physical_flops(self)
 
     # -- parameters --------------------------------------------------------------------
     def randomize_params(self, seed: int = 0) -> dict[str, Any]:

@@ -366,6 +366,8 @@ def concat_shape(rule: sh.Rule) -> bool:
     out = rule.conn("output")
     if elements is None:
         return False
+    for element in elements:  # their shapes may be learned after the list is built
+        element.find().watch(rule)
     ranks = [e.find().shape_node.dims() for e in elements]
     known_rank = next((len(r) for r in ranks if r is not None), None)
     if known_rank is None:

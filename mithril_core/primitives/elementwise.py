@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from mithril_core.logical import types as ty
@@ -261,6 +262,7 @@ class Sigmoid(_Unary):
     """``1 / (1 + e ** -input)``."""
 
     op_name = "sigmoid"
+    flops_per_element = 4
     rules = _FLOAT
 
 
@@ -275,6 +277,7 @@ class Softplus(_Unary):
     """``log(1 + e ** input)``, computed stably."""
 
     op_name = "softplus"
+    flops_per_element = 3
     rules = _FLOAT
 
 
@@ -282,6 +285,7 @@ class SiLU(_Unary):
     """``input * sigmoid(input)`` (swish)."""
 
     op_name = "silu"
+    flops_per_element = 5
     rules = _FLOAT
 
 
@@ -289,6 +293,7 @@ class StopGradient(_Unary):
     """Identity whose gradient is zero."""
 
     op_name = "stop_gradient"
+    flops_per_element = 0
     differentiable = False
     rules = _SAME
 
@@ -311,6 +316,7 @@ class LeakyRelu(Primitive):
     """``input if input > 0 else slope * input``."""
 
     op_name = "leaky_relu"
+    flops_per_element = 2
     rules = (r.kind_type(ty.FLOAT),)
 
     def __init__(self, slope: float = 0.01, name: str | None = None) -> None:
@@ -327,6 +333,18 @@ class Gelu(Primitive):
 
     op_name = "gelu"
     rules = (r.kind_type(ty.FLOAT),)
+    flops_per_element = 5  # 0.5 * x * (1 + erf(x / sqrt(2)))
+
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        if output_shape is None:
+            return None
+        # 0.5 * x * (1 + tanh(c * (x + 0.044715 * x**3)))
+        per_element = 8 if self.attributes["approximate"] else self.flops_per_element
+        return per_element * math.prod(output_shape)
 
     def __init__(self, approximate: bool = False, name: str | None = None) -> None:
         super().__init__(
@@ -369,6 +387,7 @@ class Cast(Primitive):
     """Convert ``input`` to ``dtype`` (a dtype such as ``ml.float16`` or its name)."""
 
     op_name = "cast"
+    flops_per_element = 0  # a conversion, no arithmetic
     rules = (_cast_type,)
 
     def __init__(self, dtype: Any = NOVALUE, name: str | None = None) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import IOKey
 from mithril_core.logical.model import Primitive
@@ -22,3 +25,14 @@ class MatrixMultiply(Primitive):
             right=IOKey(type=ty.TENSORS),
             output=IOKey(type=ty.TENSORS),
         )
+
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        left = input_shapes["left"]
+        if not left or output_shape is None:
+            return None
+        # A multiply and an add per output element and contracted index.
+        return 2 * math.prod(output_shape) * left[-1]

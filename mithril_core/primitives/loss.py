@@ -3,6 +3,8 @@ reducing them is the caller's job."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from mithril_core.logical import shapes as sh
@@ -20,6 +22,7 @@ class SquaredError(Primitive):
 
     op_name = "squared_error"
     rules = (r.broadcast("input", "target"), r.kind_type(ty.FLOAT))
+    flops_per_element = 2  # subtract, square (absolute_error: subtract, abs)
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(
@@ -104,6 +107,25 @@ class CrossEntropy(Primitive):
             output=IOKey(type=_FLOAT_TENSOR),
         )
 
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        shape = input_shapes["input"]
+        if shape is None or output_shape is None:
+            return None
+        classes, samples = math.prod(shape), math.prod(output_shape)
+        # Per class element: log_softmax of logits (5), log of probs (1); soft
+        # targets add a multiply and a sum. Per sample: negate.
+        per_class = _LOG_COST[self.attributes["input_type"]] + 2 * (
+            not self.categorical
+        )
+        return per_class * classes + samples
+
+
+_LOG_COST = {"logits": 5, "probs": 1, "log_probs": 0}
+
 
 class SoftCrossEntropy(CrossEntropy):
     """:class:`CrossEntropy` with probability targets shaped as ``input``
@@ -133,6 +155,8 @@ class BinaryCrossEntropy(Primitive):
 
     op_name = "binary_cross_entropy"
     rules = (r.same_shape("input", "target", "output"),)
+    # -(t * log(p) + (1 - t) * log(1 - p)); the stable logits form costs about the same
+    flops_per_element = 8
 
     def __init__(self, input_type: str = "probs", name: str | None = None) -> None:
         if input_type not in ("probs", "logits"):

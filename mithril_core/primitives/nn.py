@@ -3,7 +3,8 @@ embedding, attention, dropout and padding."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from mithril_core.logical import shapes as sh
@@ -27,6 +28,8 @@ class Softmax(Primitive):
 
     op_name = "softmax"
     rules = (r.kind_type(ty.FLOAT), _check_axis)
+    # max, subtract, exp, sum, divide (log_softmax: a final subtract instead)
+    flops_per_element = 5
 
     def __init__(self, axis: int = -1, name: str | None = None) -> None:
         super().__init__(
@@ -188,6 +191,18 @@ class _Convolution(Primitive):
             ),
         )
 
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        weight = input_shapes["weight"]
+        if weight is None or output_shape is None:
+            return None
+        # A multiply-add per output element and weight element of its group
+        # (C_in / groups * kernel size); the bias is the composite's own Add.
+        return 2 * math.prod(output_shape) * math.prod(weight[1:])
+
 
 class Convolution1D(_Convolution):
     """Cross-correlation of ``input [N, C_in, L]`` with ``weight [C_out, C_in / groups,
@@ -242,6 +257,13 @@ def _pool_shape(rule: r.sh.Rule) -> bool:
     return finished
 
 
+def _window_flops(kernel_size: tuple[int, ...], output_shape: Any) -> int | None:
+    """One comparison or addition per output element and window element."""
+    if output_shape is None:
+        return None
+    return math.prod(output_shape) * math.prod(kernel_size)
+
+
 def _pool_terminals(kernel_size: Any, stride: Any, padding: Any) -> dict[str, Any]:
     kernel = as_tuple(kernel_size, 2, "kernel_size")
     pads = as_tuple(padding, 2, "padding")
@@ -282,6 +304,13 @@ class MaxPool2D(Primitive):
             output=IOKey(shape=["N", "C", "H_out", "W_out"], type=_FLOAT_TENSOR),
         )
 
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        return _window_flops(self.attributes["kernel_size"], output_shape)
+
 
 class AvgPool2D(Primitive):
     """Mean over ``kernel_size`` windows of ``input [N, C, H, W]``, as
@@ -303,6 +332,13 @@ class AvgPool2D(Primitive):
             **_pool_terminals(kernel_size, stride, padding),
             output=IOKey(shape=["N", "C", "H_out", "W_out"], type=_FLOAT_TENSOR),
         )
+
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        return _window_flops(self.attributes["kernel_size"], output_shape)
 
 
 def adaptive_bounds(size: int, out: int) -> list[tuple[int, int]]:
@@ -345,6 +381,15 @@ class AdaptiveAvgPool2D(Primitive):
             output=IOKey(shape=["N", "C", "H_out", "W_out"], type=_FLOAT_TENSOR),
         )
 
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        shape = input_shapes["input"]
+        # Each input element is summed into (about) one cell.
+        return None if shape is None else math.prod(shape)
+
 
 # -- embedding, attention, dropout, padding --------------------------------------------
 
@@ -359,6 +404,7 @@ class Embedding(Primitive):
     """
 
     op_name = "embedding"
+    flops_per_element = 0
 
     def __init__(
         self,
@@ -416,6 +462,21 @@ class ScaledDotProduct(Primitive):
             output=IOKey(shape=[("B", ...), "Lq", "Ev"], type=_FLOAT_TENSOR),
         )
 
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        query, key = input_shapes["query"], input_shapes["key"]
+        if query is None or key is None or output_shape is None:
+            return None
+        scores = math.prod(output_shape[:-1]) * key[-2]  # [..., Lq, Lk]
+        masked = "mask" in input_shapes or self.attributes["is_causal"]
+        # query @ key^T and weights @ value (a multiply-add each), then scale,
+        # mask and softmax (5) per score.
+        per_score = 2 * query[-1] + 2 * output_shape[-1] + 1 + int(masked) + 5
+        return scores * per_score
+
 
 class MaskedScaledDotProduct(ScaledDotProduct):
     """:class:`ScaledDotProduct` with a ``mask`` input (``ScaledDotProduct(use_mask=
@@ -447,6 +508,7 @@ class Dropout(Primitive):
 
     op_name = "dropout"
     rules = (r.same_type(),)
+    flops_per_element = 2  # compare a random draw, scale
 
     def __init__(self, p: float = 0.5, name: str | None = None) -> None:
         if not 0.0 <= p < 1.0:
@@ -497,6 +559,7 @@ class Pad(Primitive):
     edge, PyTorch's ``reflect``) or ``"edge"`` (PyTorch's ``replicate``)."""
 
     op_name = "pad"
+    flops_per_element = 0
     rules = (_pad_shape, r.same_type())
 
     def __init__(

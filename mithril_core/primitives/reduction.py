@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from mithril_core.logical import types as ty
@@ -14,7 +16,7 @@ Axis = int | tuple[int, ...] | None
 
 class _Reduce(Primitive):
     """Reduce ``input`` over ``axis`` (None: all axes), keeping reduced axes as size 1
-    when ``keepdim``."""
+    when ``keepdim``. Costs ``flops_per_element`` per *input* element."""
 
     def __init__(
         self,
@@ -33,6 +35,14 @@ class _Reduce(Primitive):
             **extra,
             output=IOKey(type=ty.TENSORS),
         )
+
+    def flops(
+        self,
+        input_shapes: Mapping[str, tuple[int, ...] | None],
+        output_shape: tuple[int, ...] | None,
+    ) -> int | None:
+        shape = input_shapes["input"]
+        return None if shape is None else self.flops_per_element * math.prod(shape)
 
 
 class Sum(_Reduce):
@@ -81,6 +91,7 @@ class Variance(_Reduce):
     """``sum((x - mean)**2) / (N - correction)`` over ``axis``."""
 
     op_name = "variance"
+    flops_per_element = 4  # mean, subtract, square, sum
     rules = (r.reduce_shape, r.kind_type(ty.FLOAT))
 
     def __init__(

@@ -18,6 +18,7 @@ class Reshape(Primitive):
     """Reshape ``input`` to ``shape`` (a tuple that may hold one -1)."""
 
     op_name = "reshape"
+    flops_per_element = 0
     rules = (r.reshape_shape, r.same_type())
 
     def __init__(self, shape: Any = NOVALUE, name: str | None = None) -> None:
@@ -37,6 +38,7 @@ class Transpose(Primitive):
     """Permute axes; ``axes=None`` reverses them."""
 
     op_name = "transpose"
+    flops_per_element = 0
     rules = (r.transpose_shape, r.same_type())
 
     def __init__(self, axes: Any = None, name: str | None = None) -> None:
@@ -52,6 +54,7 @@ class Flatten(Primitive):
     """Flatten dims ``start_dim`` .. ``end_dim`` into one (as ``torch.flatten``)."""
 
     op_name = "flatten"
+    flops_per_element = 0
     rules = (r.flatten_shape, r.same_type())
 
     def __init__(
@@ -70,6 +73,8 @@ def _concat_type(rule: sh.Rule) -> bool:
     elements = r.elements_of(rule.conn("input"))
     if elements is None:
         return False
+    for element in elements:  # their types may be learned after the list is built
+        element.find().watch(rule)
     types = frozenset().union(*(e.find().types for e in elements))
     rule.conn("output").restrict_type(types & ty.TENSORS)
     return all(len(e.find().types) == 1 for e in elements)
@@ -79,6 +84,7 @@ class Concat(Primitive):
     """Concatenate a list of tensors along ``axis``."""
 
     op_name = "concat"
+    flops_per_element = 0
     rules = (r.concat_shape, _concat_type)
 
     def __init__(self, axis: int = 0, name: str | None = None) -> None:
@@ -95,6 +101,7 @@ class Split(Primitive):
     ``torch.split``; the output is a list, indexable as ``split.output[i]``."""
 
     op_name = "split"
+    flops_per_element = 0
     rules = (r.split_shape,)
 
     def __init__(self, split_size: int, axis: int = 0, name: str | None = None) -> None:
@@ -119,6 +126,7 @@ class Indexer(Primitive):
     """``input[index]`` for tensors, lists and tuples (ints, slices, None, Ellipsis)."""
 
     op_name = "indexer"
+    flops_per_element = 0
     rules = (r.indexer_shape, _indexer_type, r.index_fold)
 
     def __init__(self, index: Any = NOVALUE, name: str | None = None) -> None:
@@ -134,6 +142,7 @@ class Shape(Primitive):
     """The shape of ``input`` as a tuple of ints (known at compile time)."""
 
     op_name = "shape"
+    flops_per_element = 0
     rules = (r.shape_value,)
 
     def __init__(self, name: str | None = None) -> None:
@@ -147,6 +156,7 @@ class ToList(Primitive):
     bound)."""
 
     op_name = "to_list"
+    flops_per_element = 0
     rules = (r.to_sequence(list),)
 
     def __init__(self, n: int, name: str | None = None) -> None:
@@ -169,6 +179,7 @@ class Buffer(Primitive):
     """Identity: forwards ``input`` to ``output`` (removed at compile)."""
 
     op_name = "buffer"
+    flops_per_element = 0
     rules = (r.same_type(),)
 
     def forwarded_input(self, constants: dict[str, Any]) -> str | None:
@@ -194,6 +205,7 @@ class Unsqueeze(Primitive):
     """Insert a size-1 axis at ``axis``."""
 
     op_name = "unsqueeze"
+    flops_per_element = 0
     rules = (_unsqueeze_shape, r.same_type())
 
     def __init__(self, axis: int = 0, name: str | None = None) -> None:
@@ -227,6 +239,7 @@ class Squeeze(Primitive):
     """Remove size-1 axes (``axis`` None: all of them)."""
 
     op_name = "squeeze"
+    flops_per_element = 0
     rules = (_squeeze_shape, r.same_type())
 
     def __init__(
@@ -264,6 +277,7 @@ class Expand(Primitive):
     """Broadcast ``input`` to ``shape`` (-1 keeps a dim)."""
 
     op_name = "expand"
+    flops_per_element = 0
     rules = (_expand_shape, r.same_type())
 
     def __init__(self, shape: Any = NOVALUE, name: str | None = None) -> None:

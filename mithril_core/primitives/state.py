@@ -16,6 +16,7 @@ class ModeSwitch(Primitive):
     ``inference=True``. Compile removes it (the output reads the chosen input)."""
 
     op_name = "mode_switch"
+    flops_per_element = 0
     rules = (
         r.same_shape("training", "inference_value", "output"),
         r.same_type("training"),
@@ -53,6 +54,7 @@ class DimFromValue(Primitive):
     compile prunes it."""
 
     op_name = "dim_from_value"
+    flops_per_element = 0
     rules = (_dim_from_value,)
 
     def __init__(self, axis: int, name: str | None = None) -> None:

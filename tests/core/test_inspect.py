@@ -1,5 +1,6 @@
-"""summary() tables and Graphviz DOT output."""
+"""summary() tables, Graphviz DOT output and compile progress logging."""
 
+import logging
 import re
 
 import mithril_core as ml
@@ -27,13 +28,11 @@ def test_logical_summary_lists_children_shapes_and_params(capsys):
     text = build().summary()
     assert capsys.readouterr().out.strip() == text.strip()
     lines = text.splitlines()
-    assert lines[0].split() == ["model", "type", "inputs", "outputs", "params"]
+    assert lines[0].split() == ["model", "type", "inputs", "outputs", "params", "flops"]
     row = next(line for line in lines if line.strip().startswith("linear_0 "))
-    assert (
-        "weight: [8, 4]" in row and "bias: [8]" in row and row.rstrip().endswith("40")
-    )
+    assert "weight: [8, 4]" in row and "bias: [8]" in row and row.split()[-2] == "40"
     top = next(line for line in lines if line.startswith("custom_mlp"))
-    assert top.rstrip().endswith(f"{8 * 4 + 8 + 3 * 8 + 3}")
+    assert top.split()[-2] == f"{8 * 4 + 8 + 3 * 8 + 3}"
 
 
 def test_physical_summary_lists_nodes(capsys):
@@ -59,3 +58,25 @@ def test_dot_of_flat_graph_is_well_formed():
     assert {"in_0", "op_0"} <= nodes
     assert all(a in nodes and b in nodes for a, b in edges)
     assert 'label="input [2, 4]"' in text
+
+
+def test_compile_logs_every_phase_with_its_time(caplog):
+    with caplog.at_level(logging.INFO, logger="mithril_core.compile"):
+        ml.compile(build(), ml.NumpyBackend(), shapes={"input": [2, 4]})
+    records = [r for r in caplog.records if r.name == "mithril_core.compile"]
+    assert {r.levelno for r in records} == {logging.INFO}
+    messages = [r.getMessage() for r in records]
+    assert messages[0] == "compiling custom_mlp for backend 'numpy'"
+    phase = re.compile(r"compile (.+): \d+\.\d ms( \(\d+ nodes\))?")
+    assert [phase.fullmatch(m).group(1) for m in messages[1:-1]] == [
+        "copy",
+        "solve",
+        "flatten",
+        "prune",
+        "dedupe",
+        "lowering check",
+        "constant fold",
+        "codegen",
+        "backend build",
+    ]
+    assert re.fullmatch(r"compiled custom_mlp: 7 nodes in \d+\.\d ms", messages[-1])

@@ -94,3 +94,79 @@ def test_symbolic_constructor_arguments_are_refused():
     x = IOKey("input")
     with pytest.raises(TypeError, match="symbolic"):
         Reshape(shape=x.shape).to_dict()
+
+
+def _library_models():
+    from mithril_core.models import (
+        LSTM,
+        RNN,
+        Convolution1D,
+        Convolution2D,
+        GroupNorm,
+        LSTMCell,
+        MultiHeadAttention,
+        RMSNorm,
+        RNNCell,
+        TransformerBlock,
+        gpt2,
+        resnet18,
+        resnet50,
+    )
+
+    return [
+        (lambda: resnet18(num_classes=10), {"input": [1, 3, 32, 32]}),
+        (lambda: resnet50(num_classes=5), {"input": [1, 3, 32, 32]}),
+        (
+            lambda: gpt2(vocab_size=50, block_size=8, n_layer=2, n_head=2, n_embd=16),
+            {"input": [2, 8]},
+        ),
+        (
+            lambda: MultiHeadAttention(16, 4),
+            {"query": [2, 5, 16], "key": [2, 6, 16], "value": [2, 6, 16]},
+        ),
+        (lambda: TransformerBlock(16, 2, 32, causal=True), {"input": [2, 5, 16]}),
+        (
+            lambda: LSTM(6, num_steps=3, masked=True),
+            {"input": [2, 3, 4], "mask": [2, 3]},
+        ),
+        (lambda: RNN(6, num_steps=3), {"input": [2, 3, 4]}),
+        (lambda: LSTMCell(6), {"input": [2, 4], "h_prev": [2, 6], "c_prev": [2, 6]}),
+        (lambda: RNNCell(6), {"input": [2, 4], "h_prev": [2, 6]}),
+        (lambda: Convolution2D(3, 8, stride=2, padding=1), {"input": [1, 2, 9, 9]}),
+        (lambda: Convolution1D(3, 4, padding="same"), {"input": [2, 2, 7]}),
+        (lambda: GroupNorm(2), {"input": [2, 4, 3, 3]}),
+        (lambda: RMSNorm(), {"input": [2, 5]}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("build", "shapes"), _library_models(), ids=lambda v: "" if callable(v) else None
+)
+def test_library_models_round_trip_through_json_files(build, shapes, tmp_path):
+    model = build()
+    path = tmp_path / "model.json"
+    text = model.to_json(path)
+    rebuilt = Model.from_json(path)
+    assert rebuilt.to_json() == text
+    assert type(rebuilt) is type(model)
+
+    backend = ml.NumpyBackend(dtype=ml.float64)
+    original = ml.compile(model, backend, shapes=shapes, inference=True)
+    again = ml.compile(rebuilt, backend, shapes=shapes, inference=True)
+    assert original.shapes == again.shapes
+    assert original.code == again.code
+    params = original.randomize_params(seed=1)
+    rng = np.random.default_rng(0)
+    for key in original.input_keys:
+        if key not in params:
+            shape = original.shapes[key]
+            is_token_ids = isinstance(rebuilt, Model) and rebuilt.name == "gpt2"
+            params[key] = (
+                rng.integers(0, 50, size=shape)
+                if is_token_ids
+                else rng.standard_normal(shape)
+            )
+    first, second = original.evaluate(params), again.evaluate(params)
+    assert set(first) == set(second)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])
