@@ -109,6 +109,141 @@ def np_split(x: np.ndarray, size: int, axis: int) -> list[np.ndarray]:
     return np.split(x, list(range(size, x.shape[axis], size)), axis=axis)
 
 
+# nn and loss inputs (their own generator: the arrays above keep their values)
+nn_rng = np.random.default_rng(1)
+IMG = nn_rng.standard_normal((2, 4, 5, 6))
+KERNEL = nn_rng.standard_normal((6, 2, 3, 2))
+SEQ = nn_rng.standard_normal((2, 3, 7))
+KERNEL1D = nn_rng.standard_normal((4, 3, 3))
+Q, K, VAL = (nn_rng.standard_normal((2, 3, n, 4)) for n in (4, 5, 5))
+MASK = nn_rng.standard_normal((4, 5)) > -0.3
+MASK[:, 0] = True
+LOGITS = nn_rng.standard_normal((4, 5, 2))
+LABELS = nn_rng.integers(0, 5, (4, 2))
+PROBS, SOFT = (np_softmax(nn_rng.standard_normal((4, 5, 2)), 1) for _ in range(2))
+UNIT, UNIT2 = nn_rng.uniform(0.05, 0.95, (2, 3, 4))
+TOKENS = np.array([[1, 3, 1], [0, 2, 3]])  # rows of M
+
+
+def np_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: tuple[int, ...],
+    padding: Any,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> np.ndarray:
+    """Cross-correlation as torch's conv1d/conv2d, one output position at a time."""
+    kernel = w.shape[2:]
+    if padding == "same":
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+        pads = [(t // 2, t - t // 2) for t in totals]
+    elif padding == "valid":
+        pads = [(0, 0)] * len(kernel)
+    else:
+        pads = [(p, p) for p in padding]
+    x = np.pad(x, [(0, 0), (0, 0), *pads])
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+    out = [
+        (n - s) // st + 1 for n, s, st in zip(x.shape[2:], span, stride, strict=True)
+    ]
+    per_in, per_out = x.shape[1] // groups, w.shape[0] // groups
+    result = np.zeros((x.shape[0], w.shape[0], *out))
+    for o in range(w.shape[0]):
+        g = o // per_out
+        for pos in np.ndindex(*out):
+            window = tuple(
+                slice(p * st, p * st + s, d)
+                for p, st, s, d in zip(pos, stride, span, dilation, strict=True)
+            )
+            patch = x[(slice(None), slice(g * per_in, (g + 1) * per_in), *window)]
+            result[(slice(None), o, *pos)] = (patch * w[o]).reshape(len(x), -1).sum(1)
+    return result
+
+
+def np_pool(
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
+    *,
+    reduce: Callable[..., Any],
+    fill: float,
+) -> np.ndarray:
+    x = np.pad(x, [(0, 0), (0, 0), *((p, p) for p in padding)], constant_values=fill)
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+    out = [
+        (n - s) // st + 1 for n, s, st in zip(x.shape[2:], span, stride, strict=True)
+    ]
+    result = np.zeros((*x.shape[:2], *out))
+    for i, j in np.ndindex(*out):
+        window = x[
+            :,
+            :,
+            i * stride[0] : i * stride[0] + span[0] : dilation[0],
+            j * stride[1] : j * stride[1] + span[1] : dilation[1],
+        ]
+        result[:, :, i, j] = reduce(window, axis=(2, 3))
+    return result
+
+
+def np_adaptive_avg_pool2d(x: np.ndarray, size: tuple[Any, Any]) -> np.ndarray:
+    sizes = [n if o is None else o for n, o in zip(x.shape[2:], size, strict=True)]
+    result = np.zeros((*x.shape[:2], *sizes))
+    for i, j in np.ndindex(*sizes):
+        (h, oh), (w, ow) = zip(x.shape[2:], sizes, strict=True)
+        rows = slice(math.floor(i * h / oh), math.ceil((i + 1) * h / oh))
+        cols = slice(math.floor(j * w / ow), math.ceil((j + 1) * w / ow))
+        result[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3))
+    return result
+
+
+def np_attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None,
+    is_causal: bool,
+    scale: float | None,
+) -> np.ndarray:
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = q @ np.swapaxes(k, -1, -2) * scale
+    if is_causal:
+        scores = np.where(np.tril(np.ones(scores.shape[-2:], bool)), scores, -np.inf)
+    if mask is not None:
+        scores = (
+            np.where(mask, scores, -np.inf) if mask.dtype == bool else scores + mask
+        )
+    return np_softmax(scores, -1) @ v
+
+
+def np_log_q(x: np.ndarray, axis: int, input_type: str) -> np.ndarray:
+    if input_type == "logits":
+        return np.log(np_softmax(x, axis))
+    return np.log(x) if input_type == "probs" else x
+
+
+def np_cross_entropy(
+    x: np.ndarray, target: np.ndarray, axis: int, input_type: str
+) -> np.ndarray:
+    onehot = np.moveaxis(np.eye(x.shape[axis])[target], -1, axis)
+    return -(onehot * np_log_q(x, axis, input_type)).sum(axis)
+
+
+def np_cross_entropy_soft(
+    x: np.ndarray, target: np.ndarray, axis: int, input_type: str
+) -> np.ndarray:
+    return -(target * np_log_q(x, axis, input_type)).sum(axis)
+
+
+def np_binary_cross_entropy(
+    x: np.ndarray, target: np.ndarray, input_type: str
+) -> np.ndarray:
+    p = np_sigmoid(x) if input_type == "logits" else x
+    return -(target * np.log(p) + (1 - target) * np.log(1 - p))
+
+
 @dataclass
 class Case:
     op: str
@@ -243,6 +378,92 @@ CASES = [
     Case("softmax", (X, -1), np_softmax),
     Case("softmax", (X, 0), np_softmax, "axis0"),
     Case("log_softmax", (X, 1), lambda x, a: np.log(np_softmax(x, a))),
+    Case("conv2d", (IMG, KERNEL, (2, 1), (1, 0), (1, 2), 2), np_conv, "groups"),
+    # "same": (2, 2) rows, (0, 1) columns (the odd unit after)
+    Case("conv2d", (IMG, KERNEL, (1, 1), "same", (2, 1), 2), np_conv, "same"),
+    Case("conv2d", (IMG, KERNEL[:2], (1, 1), "valid", (1, 1), 2), np_conv, "valid"),
+    Case("conv1d", (SEQ, KERNEL1D, (2,), (1,), (1,), 1), np_conv),
+    # "same" with total padding 3: (1, 2)
+    Case("conv1d", (SEQ, KERNEL1D[..., :2], (1,), "same", (3,), 1), np_conv, "same"),
+    Case(
+        "max_pool2d",
+        (IMG, (3, 2), (2, 1), (1, 1), (1, 2)),
+        lambda *a: np_pool(*a, reduce=np.max, fill=-np.inf),
+    ),
+    Case(
+        "avg_pool2d",
+        (IMG, (3, 3), (2, 2), (1, 1)),
+        lambda *a: np_pool(*a, reduce=np.mean, fill=0.0),
+    ),
+    Case("adaptive_avg_pool2d", (IMG, (3, 4)), np_adaptive_avg_pool2d),
+    Case("adaptive_avg_pool2d", (IMG, (1, None)), np_adaptive_avg_pool2d, "keep"),
+    Case("embedding", (TOKENS, M), lambda i, w: w[i]),
+    Case(
+        "scaled_dot_product",
+        (Q, K, VAL, False, None),
+        lambda q, k, v, c, s: np_attention(q, k, v, None, c, s),
+    ),
+    Case(
+        "scaled_dot_product",
+        (Q, K, VAL, True, 0.3),
+        lambda q, k, v, c, s: np_attention(q, k, v, None, c, s),
+        "causal_scale",
+    ),
+    Case("scaled_dot_product_masked", (Q, K, VAL, MASK, False, None), np_attention),
+    Case(
+        "scaled_dot_product_masked",
+        (Q, K, VAL, np.where(MASK, 0.5, -1e4), True, None),
+        np_attention,
+        "additive_causal",
+    ),
+    Case("dropout", (X, 0.5, True), lambda x, p, i: x, "inference"),
+    Case("dropout", (X, 0.0, False), lambda x, p, i: x, "p0"),
+    Case(
+        "pad",
+        (X, ((0, 0), (1, 2), (2, 0)), "constant", 1.5),
+        lambda x, w, m, v: np.pad(x, w, constant_values=v),
+    ),
+    Case(
+        "pad",
+        (X, ((1, 0), (2, 1), (0, 3)), "reflect", 0.0),
+        lambda x, w, m, v: np.pad(x, w, mode=m),
+        "reflect",
+    ),
+    Case(
+        "pad",
+        (X, ((0, 2), (0, 0), (3, 1)), "edge", 0.0),
+        lambda x, w, m, v: np.pad(x, w, mode=m),
+        "edge",
+    ),
+    Case("squared_error", (X, Y), lambda x, t: (x - t) ** 2),
+    Case("absolute_error", (X, Y), lambda x, t: np.abs(x - t)),
+    Case("cross_entropy", (LOGITS, LABELS, 1, "logits"), np_cross_entropy),
+    Case(
+        "cross_entropy",
+        (PROBS, LABELS, 1, "probs"),
+        np_cross_entropy,
+        "probs",
+    ),
+    Case(
+        "cross_entropy",
+        (np.log(PROBS).transpose(0, 2, 1), LABELS, -1, "log_probs"),
+        np_cross_entropy,
+        "log_probs_axis_last",
+    ),
+    Case("cross_entropy_soft", (LOGITS, PROBS, 1, "logits"), np_cross_entropy_soft),
+    Case(
+        "cross_entropy_soft",
+        (PROBS, SOFT, 1, "probs"),
+        np_cross_entropy_soft,
+        "probs",
+    ),
+    Case("binary_cross_entropy", (UNIT, UNIT2, "probs"), np_binary_cross_entropy),
+    Case(
+        "binary_cross_entropy",
+        (3 * Y, UNIT, "logits"),
+        np_binary_cross_entropy,
+        "logits",
+    ),
 ]
 
 
@@ -637,7 +858,7 @@ def test_listing_backends_does_not_import_the_framework(fw: Framework) -> None:
 def test_lowering_modules_define_only_documented_names(fw: Framework) -> None:
     # A lowering table key must name a documented primitive (or a typo goes unnoticed).
     assert set(fw.lowerings) <= documented_ops()
-    for family in ("elementwise", "reduction", "shape", "linalg", "nn"):
+    for family in ("elementwise", "reduction", "shape", "linalg", "nn", "loss"):
         module = importlib.import_module(f"{fw.package}.lowerings.{family}")
         text = Path(module.__file__).read_text()
         assert re.search(r"^LOWERINGS", text, re.M), family

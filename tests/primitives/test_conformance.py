@@ -28,15 +28,24 @@ from mithril_core.models import IOKey, Model, Tensor
 from mithril_core.primitives import (
     CORE_PRIMITIVES,
     Absolute,
+    AbsoluteError,
+    AdaptiveAvgPool2D,
     Add,
     ArgMax,
     ArgMin,
+    AvgPool2D,
+    BinaryCrossEntropy,
     Buffer,
     Cast,
     Concat,
+    Convolution1D,
+    Convolution2D,
     Cosine,
+    CrossEntropy,
     DimFromValue,
     Divide,
+    Dropout,
+    Embedding,
     Equal,
     Expand,
     Exponential,
@@ -55,9 +64,11 @@ from mithril_core.primitives import (
     LogicalOr,
     LogicalXor,
     LogSoftmax,
+    MaskedScaledDotProduct,
     MatrixMultiply,
     Max,
     Maximum,
+    MaxPool2D,
     Mean,
     Min,
     Minimum,
@@ -65,17 +76,21 @@ from mithril_core.primitives import (
     Multiply,
     Negate,
     NotEqual,
+    Pad,
     Power,
     Relu,
     Reshape,
+    ScaledDotProduct,
     Shape,
     Sigmoid,
     SiLU,
     Sine,
+    SoftCrossEntropy,
     Softmax,
     Softplus,
     Split,
     Sqrt,
+    SquaredError,
     Squeeze,
     StopGradient,
     Subtract,
@@ -121,6 +136,28 @@ def ints(*shape: int, high: int = 4) -> np.ndarray:
 
 def bools(*shape: int) -> np.ndarray:
     return _rng.random(shape) > 0.5
+
+
+def labels(classes: int, *shape: int) -> np.ndarray:
+    """Int class indices in ``[0, classes)``."""
+    return _rng.integers(0, classes, shape).astype(np.int64)
+
+
+def unit(*shape: int) -> np.ndarray:
+    """Probabilities away from 0 and 1 (where log and its derivatives are tame)."""
+    return _rng.uniform(0.05, 0.95, shape)
+
+
+def simplex(*shape: int, axis: int = 1) -> np.ndarray:
+    """Values summing to 1 along ``axis``, none near 0 (finite differences of log)."""
+    e = _rng.uniform(0.5, 2.0, shape)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def apart(*shape: int) -> dict[str, np.ndarray]:
+    """``input`` and ``target`` at least 0.1 apart everywhere (kink of abs)."""
+    target = _rng.standard_normal(shape)
+    return {"input": target + away(*shape), "target": target}
 
 
 # -- models --
@@ -226,6 +263,14 @@ def functional(names: tuple[str, ...]) -> Model:
     return model
 
 
+def cross_entropy_mean(names: tuple[str, ...]) -> Model:
+    """``mean(cross_entropy(input, target))``: a loss reduced to a scalar."""
+    model = Model()
+    model |= CrossEntropy()(input=IOKey("input"), target=IOKey("target"), output="loss")
+    model |= Mean()(input="loss", output=IOKey("output"))
+    return model
+
+
 # -- references --
 _erf = np.vectorize(math.erf)
 
@@ -260,6 +305,151 @@ def variance(x: np.ndarray, axis: Any, keepdim: bool, correction: int) -> np.nda
         else math.prod(np.shape(x)[a] for a in np.atleast_1d(axis))
     )
     return ((x - mean) ** 2).sum(axis=axis, keepdims=keepdim) / (n - correction)
+
+
+def _pairs(value: Any, rank: int) -> tuple[int, ...]:
+    return (value,) * rank if isinstance(value, int) else tuple(value)
+
+
+def _window_slices(
+    offset: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...], out
+) -> tuple[slice, ...]:
+    """Where kernel tap ``offset`` reads, for every output position, per axis."""
+    return tuple(
+        slice(o * d, o * d + s * (m - 1) + 1, s)
+        for o, d, s, m in zip(offset, dilation, stride, out, strict=True)
+    )
+
+
+def _out_sizes(padded, kernel, stride, dilation) -> list[int]:
+    return [
+        (n - d * (k - 1) - 1) // s + 1
+        for n, k, s, d in zip(padded, kernel, stride, dilation, strict=True)
+    ]
+
+
+def conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> np.ndarray:
+    """Cross-correlation as ``torch.nn.functional.conv1d/2d`` (no bias): a sum over
+    kernel taps of strided input slices times that tap's weights, per group."""
+    rank = w.ndim - 2
+    kernel = w.shape[2:]
+    stride, dilation = _pairs(stride, rank), _pairs(dilation, rank)
+    if padding == "same":  # total d * (k - 1), the odd unit after
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+        pads = [(t // 2, t - t // 2) for t in totals]
+    else:
+        pads = [(p, p) for p in _pairs(padding, rank)]
+    x = np.pad(x, [(0, 0), (0, 0), *pads])
+    out = _out_sizes(x.shape[2:], kernel, stride, dilation)
+    n, c = x.shape[:2]
+    xg = x.reshape(n, groups, c // groups, *x.shape[2:])
+    wg = w.reshape(groups, w.shape[0] // groups, *w.shape[1:])
+    result = np.zeros((n, groups, w.shape[0] // groups, *out))
+    for offset in np.ndindex(*kernel):
+        taps = xg[(..., *_window_slices(offset, dilation, stride, out))]
+        result += np.einsum("ngc...,gfc->ngf...", taps, wg[(..., *offset)])
+    return result.reshape(n, w.shape[0], *out)
+
+
+def pool2d(
+    x: np.ndarray,
+    reduce: Callable[..., np.ndarray],
+    kernel: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    fill: float = 0.0,
+) -> np.ndarray:
+    """``reduce`` over the (``fill``-padded) windows, floor mode."""
+    kernel = _pairs(kernel, 2)
+    stride = kernel if stride is None else _pairs(stride, 2)
+    dilation = _pairs(dilation, 2)
+    pads = [(p, p) for p in _pairs(padding, 2)]
+    x = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
+    out = _out_sizes(x.shape[2:], kernel, stride, dilation)
+    taps = [
+        x[(..., *_window_slices(offset, dilation, stride, out))]
+        for offset in np.ndindex(*kernel)
+    ]
+    return reduce(np.stack(taps, axis=-1), axis=-1)
+
+
+def adaptive_avg_pool2d(x: np.ndarray, size: tuple[int | None, int | None]):
+    """Means over cells ``[floor(i*n/o), ceil((i+1)*n/o))``, as PyTorch."""
+    sizes = [n if o is None else o for n, o in zip(x.shape[2:], size, strict=True)]
+    rows, cols = (
+        [(math.floor(i * n / o), math.ceil((i + 1) * n / o)) for i in range(o)]
+        for n, o in zip(x.shape[2:], sizes, strict=True)
+    )
+    return np.stack(
+        [
+            np.stack([x[:, :, r0:r1, c0:c1].mean(axis=(2, 3)) for c0, c1 in cols], -1)
+            for r0, r1 in rows
+        ],
+        axis=-2,
+    )
+
+
+def attention(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+) -> np.ndarray:
+    """``softmax(q k^T * scale [+ mask]) v``; a bool mask keeps ``True``, causal keeps
+    the top-left lower triangle, a fully masked row gives zeros (as PyTorch)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q @ np.swapaxes(k, -1, -2) * scale
+    keep = np.ones(scores.shape[-2:], dtype=bool)
+    if causal:
+        keep = np.tril(keep)
+    if mask is not None and mask.dtype == bool:
+        keep = keep & mask
+    elif mask is not None:
+        scores = scores + mask
+    scores = np.where(keep, scores, -np.inf)
+    top = scores.max(axis=-1, keepdims=True)
+    e = np.exp(scores - np.where(np.isfinite(top), top, 0.0))
+    probs = e / np.maximum(e.sum(axis=-1, keepdims=True), np.finfo(float).tiny)
+    return probs @ v
+
+
+def _log_q(x: np.ndarray, axis: int, input_type: str) -> np.ndarray:
+    if input_type == "logits":
+        return log_softmax(x, axis)
+    return np.log(x) if input_type == "probs" else x
+
+
+def cross_entropy(
+    x: np.ndarray, target: np.ndarray, axis: int = 1, input_type: str = "logits"
+) -> np.ndarray:
+    """``-sum(onehot(target) * log q, axis)`` with int class ``target``."""
+    onehot = np.moveaxis(np.eye(x.shape[axis])[target], -1, axis)
+    return -(onehot * _log_q(x, axis, input_type)).sum(axis=axis)
+
+
+def soft_cross_entropy(
+    x: np.ndarray, target: np.ndarray, axis: int = 1, input_type: str = "logits"
+) -> np.ndarray:
+    return -(target * _log_q(x, axis, input_type)).sum(axis=axis)
+
+
+def binary_cross_entropy(p: np.ndarray, target: np.ndarray) -> np.ndarray:
+    return -(target * np.log(p) + (1 - target) * np.log(1 - p))
+
+
+def binary_cross_entropy_logits(x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    # log sigmoid(x) = -softplus(-x), log(1 - sigmoid(x)) = -softplus(x)
+    return target * np.logaddexp(0.0, -x) + (1 - target) * np.logaddexp(0.0, x)
 
 
 # -- the table --
@@ -298,6 +488,10 @@ def _with_axis(fn: Callable[..., Any], **kw: Any) -> Callable[..., Any]:
 # Int inputs to an always-float op: the output dtype follows the framework's promotion
 # (NumPy and JAX float64, torch and MLX float32), not the backend's dtype. Reported.
 
+MLX_FLOAT64_CONV = {
+    "mlx-float64": "MLX's float64 convolution runs at float32 precision (CPU)"
+}
+
 TORCH_JIT = {
     "add_broadcast",
     "matmul_batched_broadcast",
@@ -305,6 +499,8 @@ TORCH_JIT = {
     "sum_axis_keepdim",
     "concat_list",
     "split_then_index",
+    "conv2d_groups2",
+    "scaled_dot_product_additive_mask_causal",
 }
 
 CASES: list[Case] = [
@@ -854,6 +1050,271 @@ CASES: list[Case] = [
         lambda b: b * b,
         grads=False,
         compile_options={"inference": True},
+    ),
+    # -- convolution (groups is a constructor argument, or bound at the call) --
+    case(
+        "conv2d_stride2_pad1",
+        op(Convolution2D, stride=2, padding=1, groups=1),
+        {"input": randn(2, 3, 5, 6), "weight": randn(4, 3, 3, 3)},
+        lambda x, w: conv(x, w, stride=2, padding=1),
+        known_gaps=MLX_FLOAT64_CONV,
+    ),
+    case(
+        "conv2d_same_dilation_batch_of_1",
+        op(Convolution2D, padding="same", dilation=(2, 1), groups=1),
+        {"input": randn(1, 2, 5, 6), "weight": randn(3, 2, 3, 4)},
+        lambda x, w: conv(x, w, padding="same", dilation=(2, 1)),
+        known_gaps=MLX_FLOAT64_CONV,
+    ),
+    case(
+        "conv2d_dilation2",
+        op(Convolution2D, dilation=2, groups=1),
+        {"input": randn(2, 2, 6, 5), "weight": randn(3, 2, 2, 2)},
+        lambda x, w: conv(x, w, dilation=2),
+        known_gaps=MLX_FLOAT64_CONV,
+    ),
+    case(
+        "conv2d_groups2",
+        op(Convolution2D, padding=1, groups=2),
+        {"input": randn(2, 4, 4, 4), "weight": randn(6, 2, 3, 3)},
+        lambda x, w: conv(x, w, padding=1, groups=2),
+        known_gaps=MLX_FLOAT64_CONV,
+    ),
+    case(
+        "conv2d_groups_at_call_stride_pair",
+        op(Convolution2D, call={"groups": 2}, stride=(1, 2)),
+        {"input": randn(1, 4, 4, 5), "weight": randn(2, 2, 2, 2)},
+        lambda x, w: conv(x, w, stride=(1, 2), groups=2),
+        known_gaps=MLX_FLOAT64_CONV,
+    ),
+    # Small enough that MLX's float32-precision float64 result is within tolerance.
+    case(
+        "conv1d_padding",
+        op(Convolution1D, padding=2, groups=1),
+        {"input": randn(2, 3, 6), "weight": randn(4, 3, 3)},
+        lambda x, w: conv(x, w, padding=2),
+    ),
+    case(
+        "conv1d_same_even_kernel",
+        op(Convolution1D, padding="same", groups=1),
+        {"input": randn(2, 2, 7), "weight": randn(3, 2, 4)},
+        lambda x, w: conv(x, w, padding="same"),
+        known_gaps=MLX_FLOAT64_CONV,
+    ),
+    case(
+        "conv1d_stride2_dilation2_groups2",
+        op(Convolution1D, stride=2, dilation=2, groups=2),
+        {"input": randn(1, 4, 9), "weight": randn(4, 2, 3)},
+        lambda x, w: conv(x, w, stride=2, dilation=2, groups=2),
+        known_gaps=MLX_FLOAT64_CONV,
+    ),
+    # -- pooling (max pool inputs without ties) --
+    case(
+        "max_pool2d_k3_s2_p1",
+        op(MaxPool2D, kernel_size=3, stride=2, padding=1),
+        {"input": distinct(2, 2, 5, 6)},
+        lambda x: pool2d(x, np.max, 3, 2, 1, fill=-np.inf),
+    ),
+    case(
+        "max_pool2d_default_stride",
+        op(MaxPool2D, kernel_size=2),
+        {"input": distinct(1, 3, 4, 5)},
+        lambda x: pool2d(x, np.max, 2, fill=-np.inf),
+    ),
+    case(
+        "max_pool2d_pairs_dilation",
+        op(MaxPool2D, kernel_size=(2, 3), stride=1, padding=1, dilation=2),
+        {"input": distinct(1, 2, 5, 6)},
+        lambda x: pool2d(x, np.max, (2, 3), 1, 1, 2, fill=-np.inf),
+    ),
+    case(
+        "avg_pool2d_k3_s2_p1",
+        op(AvgPool2D, kernel_size=3, stride=2, padding=1),
+        {"input": randn(2, 2, 5, 6)},
+        lambda x: pool2d(x, np.mean, 3, 2, 1),
+    ),
+    case(
+        "avg_pool2d_default_stride",
+        op(AvgPool2D, kernel_size=(2, 2)),
+        {"input": randn(1, 3, 4, 5)},
+        lambda x: pool2d(x, np.mean, 2),
+    ),
+    case(
+        "adaptive_avg_pool2d_1x1",
+        op(AdaptiveAvgPool2D, output_size=(1, 1)),
+        {"input": randn(2, 3, 4, 5)},
+        lambda x: adaptive_avg_pool2d(x, (1, 1)),
+    ),
+    case(
+        "adaptive_avg_pool2d_uneven",
+        op(AdaptiveAvgPool2D, output_size=(3, 2)),
+        {"input": randn(1, 2, 5, 7)},
+        lambda x: adaptive_avg_pool2d(x, (3, 2)),
+    ),
+    case(
+        "adaptive_avg_pool2d_keep_height",
+        op(AdaptiveAvgPool2D, output_size=(None, 3)),
+        {"input": randn(1, 2, 3, 5)},
+        lambda x: adaptive_avg_pool2d(x, (None, 3)),
+    ),
+    # -- embedding (int indices are data; repeated rows sum their gradients) --
+    case(
+        "embedding",
+        op(Embedding),
+        {"input": np.array([[1, 4, 1], [0, 3, 4]]), "weight": randn(5, 3)},
+        lambda i, w: w[i],
+    ),
+    case(
+        "embedding_fixed_sizes_1d",
+        op(Embedding, num_embeddings=4, dim=2),
+        {"input": np.array([3, 0, 3, 3]), "weight": randn(4, 2)},
+        lambda i, w: w[i],
+    ),
+    # -- attention --
+    case(
+        "scaled_dot_product",
+        op(ScaledDotProduct),
+        {"query": randn(2, 3, 4), "key": randn(2, 5, 4), "value": randn(2, 5, 3)},
+        attention,
+    ),
+    case(
+        "scaled_dot_product_causal_scale",
+        op(ScaledDotProduct, is_causal=True, scale=0.5),
+        {
+            "query": randn(1, 2, 4, 3),
+            "key": randn(1, 2, 5, 3),
+            "value": randn(1, 2, 5, 2),
+        },
+        lambda q, k, v: attention(q, k, v, causal=True, scale=0.5),
+    ),
+    case(
+        "scaled_dot_product_bool_mask",
+        op(MaskedScaledDotProduct),
+        {
+            "query": randn(2, 3, 4),
+            "key": randn(2, 4, 4),
+            "value": randn(2, 4, 2),
+            # Row 1 fully masked: zeros out, no gradient, as PyTorch.
+            "mask": np.array(
+                [
+                    [True, False, True, True],
+                    [False, False, False, False],
+                    [False, True, False, True],
+                ]
+            ),
+        },
+        attention,
+    ),
+    case(
+        "scaled_dot_product_additive_mask_causal",
+        op(ScaledDotProduct, use_mask=True, is_causal=True),
+        {
+            "query": randn(2, 3, 4),
+            "key": randn(2, 3, 4),
+            "value": randn(2, 3, 2),
+            "mask": randn(3, 3),  # a float mask gets a gradient too
+        },
+        lambda q, k, v, m: attention(q, k, v, m, causal=True),
+    ),
+    # -- dropout: the identity in inference or with p == 0 (training draws are
+    # random; tests/models/test_nn_primitives.py checks their statistics) --
+    case(
+        "dropout_inference",
+        op(Dropout, p=0.5),
+        {"input": randn(3, 4)},
+        lambda x: x,
+        grads=False,  # an inference model has no gradients
+        compile_options={"inference": True},
+    ),
+    case(
+        "dropout_p0_training", op(Dropout, p=0.0), {"input": randn(3, 4)}, lambda x: x
+    ),
+    # -- pad --
+    case(
+        "pad_constant",
+        op(Pad, pad_width=((0, 0), (1, 2), (2, 0)), value=1.5),
+        {"input": randn(2, 3, 4)},
+        lambda x: np.pad(x, ((0, 0), (1, 2), (2, 0)), constant_values=1.5),
+    ),
+    case(
+        "pad_reflect",
+        op(Pad, pad_width=((1, 2), (2, 1)), mode="reflect"),
+        {"input": randn(4, 3)},
+        lambda x: np.pad(x, ((1, 2), (2, 1)), mode="reflect"),
+    ),
+    case(
+        "pad_edge",
+        op(Pad, pad_width=((0, 0), (3, 1), (0, 2)), mode="edge"),
+        {"input": randn(2, 3, 2)},
+        lambda x: np.pad(x, ((0, 0), (3, 1), (0, 2)), mode="edge"),
+    ),
+    # -- losses (unreduced; a reduction is a separate primitive) --
+    case(
+        "squared_error_broadcast",
+        op(SquaredError),
+        {"input": randn(3, 4), "target": randn(4)},
+        lambda x, t: (x - t) ** 2,
+    ),
+    case("absolute_error", op(AbsoluteError), apart(3, 4), lambda x, t: np.abs(x - t)),
+    case(
+        "cross_entropy",
+        op(CrossEntropy),
+        {"input": randn(4, 5), "target": labels(5, 4)},
+        cross_entropy,
+    ),
+    case(
+        "cross_entropy_axis_last",
+        op(CrossEntropy, axis=-1),
+        {"input": randn(2, 3, 4), "target": labels(4, 2, 3)},
+        lambda x, t: cross_entropy(x, t, axis=-1),
+    ),
+    case(
+        "cross_entropy_probs",
+        op(CrossEntropy, input_type="probs"),
+        {"input": simplex(3, 4), "target": labels(4, 3)},
+        lambda x, t: cross_entropy(x, t, input_type="probs"),
+    ),
+    case(
+        "cross_entropy_log_probs_spatial",
+        op(CrossEntropy, input_type="log_probs"),
+        {"input": np.log(simplex(2, 3, 2)), "target": labels(3, 2, 2)},
+        lambda x, t: cross_entropy(x, t, input_type="log_probs"),
+    ),
+    case(
+        "cross_entropy_mean",
+        cross_entropy_mean,
+        {"input": randn(4, 3), "target": labels(3, 4)},
+        lambda x, t: cross_entropy(x, t).mean(),
+    ),
+    case(
+        "cross_entropy_soft",
+        op(SoftCrossEntropy),
+        {"input": randn(3, 4), "target": simplex(3, 4)},
+        soft_cross_entropy,
+    ),
+    case(
+        "cross_entropy_soft_one_hot",
+        op(CrossEntropy, categorical=False),
+        {"input": randn(3, 4), "target": np.eye(4)[labels(4, 3)]},
+        soft_cross_entropy,
+    ),
+    case(
+        "cross_entropy_soft_probs_axis0",
+        op(SoftCrossEntropy, input_type="probs", axis=0),
+        {"input": simplex(4, 3, axis=0), "target": simplex(4, 3, axis=0)},
+        lambda x, t: soft_cross_entropy(x, t, axis=0, input_type="probs"),
+    ),
+    case(
+        "binary_cross_entropy",
+        op(BinaryCrossEntropy),
+        {"input": unit(3, 4), "target": unit(3, 4)},
+        binary_cross_entropy,
+    ),
+    case(
+        "binary_cross_entropy_logits",
+        op(BinaryCrossEntropy, input_type="logits"),
+        {"input": 3 * randn(3, 4), "target": unit(3, 4)},
+        binary_cross_entropy_logits,
     ),
 ]
 

@@ -109,7 +109,7 @@ def _conv_spec(rank: int) -> tuple[str, str]:
     return out, kern
 
 
-def conv(
+def _conv(
     input: Array,
     weight: Array,
     stride: Ints,
@@ -132,7 +132,7 @@ def conv(
     return out.reshape(out.shape[0], -1, *out.shape[3:])
 
 
-def conv_vjp(
+def _conv_vjp(
     output_grad: Array,
     output: Array,
     input: Array,
@@ -160,6 +160,60 @@ def conv_vjp(
         g_padded = _scatter_windows(g_windows, padded.shape, stride, dilation)
         g_in = _crop(g_padded, pads)
     return g_in, g_w, None, None, None, None
+
+
+def conv1d(
+    input: Array,
+    weight: Array,
+    stride: Ints,
+    padding: Any,
+    dilation: Ints,
+    groups: int,
+) -> Array:
+    return _conv(input, weight, stride, padding, dilation, groups)
+
+
+def conv2d(
+    input: Array,
+    weight: Array,
+    stride: Ints,
+    padding: Any,
+    dilation: Ints,
+    groups: int,
+) -> Array:
+    return _conv(input, weight, stride, padding, dilation, groups)
+
+
+def conv1d_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    weight: Array,
+    stride: Ints,
+    padding: Any,
+    dilation: Ints,
+    groups: int,
+    needs: Needs = None,
+) -> tuple[Grad, Grad, None, None, None, None]:
+    return _conv_vjp(
+        output_grad, output, input, weight, stride, padding, dilation, groups, needs
+    )
+
+
+def conv2d_vjp(
+    output_grad: Array,
+    output: Array,
+    input: Array,
+    weight: Array,
+    stride: Ints,
+    padding: Any,
+    dilation: Ints,
+    groups: int,
+    needs: Needs = None,
+) -> tuple[Grad, Grad, None, None, None, None]:
+    return _conv_vjp(
+        output_grad, output, input, weight, stride, padding, dilation, groups, needs
+    )
 
 
 # -- pooling ---------------------------------------------------------------------------
@@ -442,8 +496,8 @@ def pad_vjp(
 LOWERINGS = {
     "softmax": (softmax, softmax_vjp),
     "log_softmax": (log_softmax, log_softmax_vjp),
-    "conv1d": (conv, conv_vjp),
-    "conv2d": (conv, conv_vjp),
+    "conv1d": (conv1d, conv1d_vjp),
+    "conv2d": (conv2d, conv2d_vjp),
     "max_pool2d": (max_pool2d, max_pool2d_vjp),
     "avg_pool2d": (avg_pool2d, avg_pool2d_vjp),
     "adaptive_avg_pool2d": (adaptive_avg_pool2d, adaptive_avg_pool2d_vjp),

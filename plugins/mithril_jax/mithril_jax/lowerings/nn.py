@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from mithril_core.primitives.nn import adaptive_bounds, conv_padding
@@ -22,7 +23,7 @@ def log_softmax(input: jax.Array, axis: int) -> jax.Array:
     return jax.nn.log_softmax(input, axis=axis)
 
 
-def conv(
+def _conv(
     input: jax.Array,
     weight: jax.Array,
     stride: Ints,
@@ -41,6 +42,28 @@ def conv(
     )
 
 
+def conv1d(
+    input: jax.Array,
+    weight: jax.Array,
+    stride: Ints,
+    padding: Any,
+    dilation: Ints,
+    groups: int,
+) -> jax.Array:
+    return _conv(input, weight, stride, padding, dilation, groups)
+
+
+def conv2d(
+    input: jax.Array,
+    weight: jax.Array,
+    stride: Ints,
+    padding: Any,
+    dilation: Ints,
+    groups: int,
+) -> jax.Array:
+    return _conv(input, weight, stride, padding, dilation, groups)
+
+
 def _pool(
     input: jax.Array,
     init: float,
@@ -52,7 +75,7 @@ def _pool(
 ) -> jax.Array:
     return lax.reduce_window(
         input,
-        jnp.array(init, input.dtype),
+        np.array(init, input.dtype),  # a constant, so jit keeps the VJP of max/add
         op,
         (1, 1, *kernel_size),
         (1, 1, *stride),
@@ -175,8 +198,8 @@ def pad(
 LOWERINGS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,
     "log_softmax": log_softmax,
-    "conv1d": conv,
-    "conv2d": conv,
+    "conv1d": conv1d,
+    "conv2d": conv2d,
     "max_pool2d": max_pool2d,
     "avg_pool2d": avg_pool2d,
     "adaptive_avg_pool2d": adaptive_avg_pool2d,

@@ -20,7 +20,7 @@ def log_softmax(input: mx.array, axis: int) -> mx.array:
     return input - mx.logsumexp(input, axis=axis, keepdims=True)
 
 
-def conv(
+def _conv(
     input: mx.array,
     weight: mx.array,
     stride: Ints,
@@ -41,6 +41,28 @@ def conv(
     )
     return out.transpose(0, input.ndim - 1, *range(1, input.ndim - 1))
 
+
+
+def conv1d(
+    input: mx.array,
+    weight: mx.array,
+    stride: Ints,
+    padding: Any,
+    dilation: Ints,
+    groups: int,
+) -> mx.array:
+    return _conv(input, weight, stride, padding, dilation, groups)
+
+
+def conv2d(
+    input: mx.array,
+    weight: mx.array,
+    stride: Ints,
+    padding: Any,
+    dilation: Ints,
+    groups: int,
+) -> mx.array:
+    return _conv(input, weight, stride, padding, dilation, groups)
 
 def _window_slices(
     padded: mx.array, kernel_size: Ints, stride: Ints, dilation: Ints, out: Ints
@@ -169,8 +191,8 @@ def pad(
 LOWERINGS: dict[str, Callable[..., Any]] = {
     "softmax": softmax,
     "log_softmax": log_softmax,
-    "conv1d": conv,
-    "conv2d": conv,
+    "conv1d": conv1d,
+    "conv2d": conv2d,
     "max_pool2d": max_pool2d,
     "avg_pool2d": avg_pool2d,
     "adaptive_avg_pool2d": adaptive_avg_pool2d,
