@@ -50,9 +50,13 @@ class PhysicalModel:
         self.inference = inference
         self._connections = all_connections
         # Per tensor input: key, rank, exact shape, fixed (axis, size) pairs and
-        # dtype names.
+        # dtype names. Inputs with an exact shape and one dtype (parameters, most
+        # data) are checked together: one list compare with ``array_info``'s answers.
         self._expected_keys = frozenset(graph.inputs)
-        self._checks: list[tuple[Any, ...]] = []
+        self._differentiable_outputs = frozenset(program.differentiable_outputs)
+        self._checks: dict[str, tuple[Any, ...]] = {}
+        self._exact_keys: list[str] = []
+        self._exact: list[tuple[tuple[int | None, ...], str]] = []
         for key, value in graph.inputs.items():
             if not value.types <= ty.TENSORS:
                 continue
@@ -60,7 +64,13 @@ class PhysicalModel:
             fixed = tuple((i, d) for i, d in enumerate(shape or ()) if d is not None)
             exact = tuple(shape) if shape is not None and None not in shape else None
             rank = None if shape is None else len(shape)
-            self._checks.append((key, rank, exact, fixed, self._dtypes(value.types)))
+            dtypes = self._dtypes(value.types)
+            self._checks[key] = (rank, exact, fixed, dtypes)
+            if exact is not None and len(dtypes) == 1:
+                self._exact_keys.append(key)
+                self._exact.append((exact, next(iter(dtypes))))
+        exact_keys = set(self._exact_keys)
+        self._general = [key for key in self._checks if key not in exact_keys]
 
     # -- introspection -----------------------------------------------------------------
     @property
@@ -185,8 +195,8 @@ class PhysicalModel:
                     "This model was compiled with inference=True: it has no gradients."
                 )
                 raise ValueError(msg)
-            unknown = set(output_gradients) - set(self.program.differentiable_outputs)
-            if unknown:
+            if not output_gradients.keys() <= self._differentiable_outputs:
+                unknown = set(output_gradients) - self._differentiable_outputs
                 msg = (
                     f"output_gradients has keys {sorted(unknown)} that are not "
                     f"differentiable outputs; expected a subset of "
@@ -218,30 +228,37 @@ class PhysicalModel:
         if inputs.keys() != self._expected_keys:
             self._raise_keys(inputs)
         info = self.backend.array_info
-        for key, rank, exact, fixed, dtypes in self._checks:
-            found = info(inputs[key])
-            if found is None:
-                msg = (
-                    f"{key}: expected a {self.backend.name} array, got "
-                    f"{type(inputs[key]).__name__}. Use backend.array(...)."
-                )
-                raise DtypeError(msg)
-            shape, dtype = found
-            if exact is not None:
-                bad_shape = shape != exact
-            elif rank is not None:
-                bad_shape = len(shape) != rank or any(shape[i] != d for i, d in fixed)
-            else:
-                bad_shape = False
-            if bad_shape:
-                expected = self.graph.inputs[key].shape()
-                msg = (
-                    f"{key}: expected shape {expected}, got {list(shape)}. "
-                    "Nothing is broadcast silently."
-                )
-                raise ShapeError(msg)
-            if dtype not in dtypes:
-                self._raise_dtype(key, dtype)
+        if [info(inputs[key]) for key in self._exact_keys] != self._exact:
+            for key in self._exact_keys:
+                self._check_input(key, inputs[key])
+        for key in self._general:
+            self._check_input(key, inputs[key])
+
+    def _check_input(self, key: str, value: Any) -> None:
+        rank, exact, fixed, dtypes = self._checks[key]
+        found = self.backend.array_info(value)
+        if found is None:
+            msg = (
+                f"{key}: expected a {self.backend.name} array, got "
+                f"{type(value).__name__}. Use backend.array(...)."
+            )
+            raise DtypeError(msg)
+        shape, dtype = found
+        if exact is not None:
+            bad_shape = shape != exact
+        elif rank is not None:
+            bad_shape = len(shape) != rank or any(shape[i] != d for i, d in fixed)
+        else:
+            bad_shape = False
+        if bad_shape:
+            expected = self.graph.inputs[key].shape()
+            msg = (
+                f"{key}: expected shape {expected}, got {list(shape)}. "
+                "Nothing is broadcast silently."
+            )
+            raise ShapeError(msg)
+        if dtype not in dtypes:
+            self._raise_dtype(key, dtype)
 
     def _raise_keys(self, inputs: dict[str, Any]) -> None:
         missing = [k for k in self.graph.inputs if k not in inputs]

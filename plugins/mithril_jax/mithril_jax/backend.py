@@ -91,6 +91,10 @@ class JaxBackend(Backend):
             raise CompileError(msg)
         super().__init__(device=device, dtype=dtype)
         self._jax_device: jax.Device = found[position]
+        from mithril_jax._dtypes import dtype_name
+
+        self._array_type = jax.Array
+        self._dtype_name = dtype_name
         self._mesh: jax.sharding.Mesh | None = None
         if device_mesh is not None:
             from mithril_jax.sharding import make_mesh
@@ -224,10 +228,9 @@ class JaxBackend(Backend):
         return values
 
     def array_info(self, value: Any) -> tuple[tuple[int, ...], str] | None:
-        import jax
-
-        if isinstance(value, jax.Array):
-            return tuple(value.shape), value.dtype.name
+        # evaluate calls this for every input on every call: no imports here.
+        if isinstance(value, self._array_type):
+            return tuple(value.shape), self._dtype_name(value.dtype)
         return None
 
     # -- compile-time API --------------------------------------------------------------
@@ -301,7 +304,8 @@ class JaxBackend(Backend):
 
             return evaluate
 
-        # One jitted forward and one jitted forward+VJP per set of non-array inputs.
+        # One jitted forward and one jitted forward+VJP per set of non-array inputs;
+        # the common case, every input an array, skips building the cache key.
         cache: dict[Any, Callable[..., Any]] = {}
 
         def jitted(static: dict[str, Any], with_gradients: bool) -> Callable[..., Any]:
@@ -319,11 +323,17 @@ class JaxBackend(Backend):
                     )
             return cache[key]
 
+        all_arrays = (jitted({}, False), jitted({}, True))
+        array_types = (jax.Array, np.ndarray, np.generic)
+
         def evaluate_jitted(
             inputs: Mapping[str, Any], output_gradients: Mapping[str, Any] | None
         ) -> tuple[Outputs, Gradients | None]:
-            dynamic = {k: v for k, v in inputs.items() if _is_array(v)}
-            static = {k: v for k, v in inputs.items() if k not in dynamic}
+            static = {k: v for k, v in inputs.items() if not isinstance(v, array_types)}
+            if static:
+                dynamic = {k: v for k, v in inputs.items() if k not in static}
+            else:
+                dynamic = inputs if type(inputs) is dict else dict(inputs)
             if layout is not None:
                 # Committed inputs on the mesh: jit partitions the computation by
                 # their shardings (and recompiles for a new layout).
@@ -331,17 +341,12 @@ class JaxBackend(Backend):
                 if output_gradients is not None:
                     output_gradients = layout.place(output_gradients)
             if output_gradients is None:
-                return jitted(static, False)(dynamic), None
-            outputs, gradients = jitted(static, True)(dynamic, dict(output_gradients))
-            return outputs, gradients
+                function = jitted(static, False) if static else all_arrays[0]
+                return function(dynamic), None
+            function = jitted(static, True) if static else all_arrays[1]
+            return function(dynamic, dict(output_gradients))
 
         return evaluate_jitted
-
-
-def _is_array(value: Any) -> bool:
-    import jax
-
-    return isinstance(value, jax.Array | np.ndarray | np.generic)
 
 
 def _is_float(value: Any) -> bool:

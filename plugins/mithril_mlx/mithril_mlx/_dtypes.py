@@ -22,5 +22,9 @@ def mlx_dtype(dtype: Dtype | str) -> mx.Dtype:
     return MLX_DTYPES[as_dtype(dtype).name]
 
 
+DTYPE_NAMES: dict[mx.Dtype, str] = {dtype: name for name, dtype in MLX_DTYPES.items()}
+
+
 def dtype_name(dtype: mx.Dtype) -> str:
-    return str(dtype).rsplit(".", 1)[-1]
+    name = DTYPE_NAMES.get(dtype)
+    return name if name is not None else str(dtype).rsplit(".", 1)[-1]

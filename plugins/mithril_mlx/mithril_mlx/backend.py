@@ -58,6 +58,10 @@ class MlxBackend(Backend):
         self._device = device  # _check_dtype needs it: float64 depends on the device
         super().__init__(device=device, dtype=dtype)
         self._mx_device = mx_device
+        from mithril_mlx._dtypes import dtype_name
+
+        self._array_type = mx.array
+        self._dtype_name = dtype_name
 
     def _check_dtype(self, dtype: Dtype | str | None) -> Dtype:
         resolved = super()._check_dtype(dtype)
@@ -108,12 +112,9 @@ class MlxBackend(Backend):
         return np.array(array)
 
     def array_info(self, value: Any) -> tuple[tuple[int, ...], str] | None:
-        import mlx.core as mx
-
-        from mithril_mlx._dtypes import dtype_name
-
-        if isinstance(value, mx.array):
-            return tuple(value.shape), dtype_name(value.dtype)
+        # evaluate calls this for every input on every call: no imports here.
+        if isinstance(value, self._array_type):
+            return tuple(value.shape), self._dtype_name(value.dtype)
         return None
 
     # -- compile-time API --------------------------------------------------------------
@@ -169,14 +170,17 @@ class MlxBackend(Backend):
         def evaluate(
             inputs: Mapping[str, Any], output_gradients: Mapping[str, Any] | None
         ) -> tuple[Outputs, Gradients | None]:
+            if type(inputs) is not dict:  # mx.compile takes dicts, not Mappings
+                inputs = dict(inputs)
             with mx.stream(device):
                 if output_gradients is None:
-                    outputs, gradients = run_forward(dict(inputs)), None
-                else:
-                    outputs, gradients = run_forward_backward(
-                        dict(inputs), dict(output_gradients)
-                    )
-                mx.eval(_arrays(outputs), _arrays(gradients or {}))
+                    outputs = run_forward(inputs)
+                    mx.eval(_arrays(outputs, mx.array))
+                    return outputs, None
+                outputs, gradients = run_forward_backward(
+                    inputs, dict(output_gradients)
+                )
+                mx.eval(_arrays(outputs, mx.array), _arrays(gradients, mx.array))
             return outputs, gradients
 
         return evaluate
@@ -198,13 +202,11 @@ def _is_float(value: Any) -> bool:
     return isinstance(value, mx.array) and _kind(value.dtype) == "float"
 
 
-def _arrays(values: Mapping[str, Any]) -> list[Any]:
-    import mlx.core as mx
-
+def _arrays(values: Mapping[str, Any], array: type) -> list[Any]:
     found: list[Any] = []
     for value in values.values():
-        if isinstance(value, mx.array):
+        if isinstance(value, array):
             found.append(value)
         elif isinstance(value, list | tuple):
-            found.extend(item for item in value if isinstance(item, mx.array))
+            found.extend(item for item in value if isinstance(item, array))
     return found

@@ -22,5 +22,11 @@ def torch_dtype(dtype: Dtype | str) -> torch.dtype:
     return TORCH_DTYPES[as_dtype(dtype).name]
 
 
+DTYPE_NAMES: dict[torch.dtype, str] = {
+    dtype: name for name, dtype in TORCH_DTYPES.items()
+}
+
+
 def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    name = DTYPE_NAMES.get(dtype)
+    return name if name is not None else str(dtype).removeprefix("torch.")

@@ -90,6 +90,10 @@ class TorchBackend(Backend):
             raise CompileError(msg)
         super().__init__(device=str(torch_device), dtype=dtype)
         self._torch_device = torch_device
+        from mithril_torch._dtypes import dtype_name
+
+        self._tensor_type = torch.Tensor
+        self._dtype_name = dtype_name
 
     @property
     def mesh(self) -> DeviceMesh | None:
@@ -225,12 +229,9 @@ class TorchBackend(Backend):
         return tensor.numpy()
 
     def array_info(self, value: Any) -> tuple[tuple[int, ...], str] | None:
-        import torch
-
-        from mithril_torch._dtypes import dtype_name
-
-        if isinstance(value, torch.Tensor):
-            return tuple(value.shape), dtype_name(value.dtype)
+        # evaluate calls this for every input on every call: no imports here.
+        if isinstance(value, self._tensor_type):
+            return tuple(value.shape), self._dtype_name(value.dtype)
         return None
 
     # -- compile-time API --------------------------------------------------------------
@@ -249,6 +250,7 @@ class TorchBackend(Backend):
             return build_distributed_evaluator(program, self._mesh)
         forward: Forward = _CompiledForward(program.forward) if jit else program.forward
         grad_keys = program.grad_keys
+        tensor = torch.Tensor
 
         def evaluate(
             inputs: Mapping[str, Any], output_gradients: Mapping[str, Any] | None
@@ -267,7 +269,7 @@ class TorchBackend(Backend):
                 (outputs[key], _as_cotangent(cotangent, outputs[key]))
                 for key, cotangent in output_gradients.items()
                 if cotangent is not None
-                and isinstance(outputs[key], torch.Tensor)
+                and isinstance(outputs[key], tensor)
                 and outputs[key].requires_grad
             ]
             found: tuple[torch.Tensor | None, ...] = ()
@@ -283,7 +285,11 @@ class TorchBackend(Backend):
             for key in grad_keys:
                 grad = by_key.get(key)
                 gradients[key] = torch.zeros_like(inputs[key]) if grad is None else grad
-            return _detached(outputs), gradients
+            detached = {
+                key: value.detach() if isinstance(value, tensor) else value
+                for key, value in outputs.items()
+            }
+            return detached, gradients
 
         return evaluate
 
@@ -293,18 +299,18 @@ class _CompiledForward:
 
     def __init__(self, forward: Forward) -> None:
         import torch
+        from torch._dynamo.exc import TorchDynamoException
 
         self._eager = forward
         self._compiled: Forward | None = torch.compile(forward)
+        self._failure = TorchDynamoException
 
     def __call__(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        from torch._dynamo.exc import TorchDynamoException
-
         if self._compiled is None:
             return self._eager(inputs)
         try:
             return self._compiled(inputs)
-        except TorchDynamoException as exc:
+        except self._failure as exc:
             # An error of the model itself raises here too, from eager code; only a
             # model that runs eagerly is a compile failure worth falling back from.
             outputs = self._eager(inputs)
@@ -331,12 +337,3 @@ def _as_cotangent(cotangent: Any, output: torch.Tensor) -> torch.Tensor:
     if isinstance(cotangent, torch.Tensor):
         return cotangent
     return torch.as_tensor(cotangent, dtype=output.dtype, device=output.device)
-
-
-def _detached(outputs: Mapping[str, Any]) -> dict[str, Any]:
-    import torch
-
-    return {
-        key: value.detach() if isinstance(value, torch.Tensor) else value
-        for key, value in outputs.items()
-    }

@@ -42,7 +42,6 @@ def _conv(
     return out.transpose(0, input.ndim - 1, *range(1, input.ndim - 1))
 
 
-
 def conv1d(
     input: mx.array,
     weight: mx.array,
@@ -63,6 +62,7 @@ def conv2d(
     groups: int,
 ) -> mx.array:
     return _conv(input, weight, stride, padding, dilation, groups)
+
 
 def _window_slices(
     padded: mx.array, kernel_size: Ints, stride: Ints, dilation: Ints, out: Ints
