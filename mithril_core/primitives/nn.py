@@ -150,7 +150,8 @@ def _conv_shape(rule: r.sh.Rule) -> bool:
         if k is None or (size is None and (out_size is None or stride[i - 2] != 1)):
             finished = False
             continue
-        lo, hi = conv_padding(padding, [k], [dilation[i - 2]])[0]
+        axis_padding = padding if isinstance(padding, str) else (padding[i - 2],)
+        lo, hi = conv_padding(axis_padding, [k], [dilation[i - 2]])[0]
         if size is None:  # stride 1: the input size follows from the output's
             size = out_size + dilation[i - 2] * (k - 1) - lo - hi
             sh.set_dim(idims[i], size)

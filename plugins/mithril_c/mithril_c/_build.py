@@ -1,9 +1,11 @@
 """Build generated C with cffi (API mode) into a cached extension module.
 
-The cache key is a hash of the generated source, the kernel sources, the flags and the
-Python/cffi versions; a hit imports the cached library without running the compiler.
-Cache: ``$MITHRIL_C_CACHE``, else ``$XDG_CACHE_HOME/mithril_c``, else
-``~/.cache/mithril_c``.
+The kernels (``csrc/*.c``) are compiled once per element type and flags into a static
+archive in the cache; each model then compiles only its generated source and links the
+archive. The cache key of a model is a hash of the generated source, the kernel
+sources, the flags and the Python/cffi versions; a hit imports the cached library
+without running the compiler. Cache: ``$MITHRIL_C_CACHE``, else
+``$XDG_CACHE_HOME/mithril_c``, else ``~/.cache/mithril_c``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import shlex
 import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,7 @@ from types import ModuleType
 from mithril_core.errors import CompileError
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-KERNELS = ("elementwise.c", "reduction.c", "shape.c", "linalg.c", "nn.c")
+KERNELS = ("elementwise.c", "reduction.c", "shape.c", "linalg.c", "nn.c", "loss.c")
 # Portable: no -march=native (cached libraries may move between machines) and no
 # -ffast-math (results must match NumPy). -fno-math-errno and -fno-trapping-math
 # change no value: they let sqrt and branch-free selects (relu, sigmoid) vectorise.
@@ -71,9 +76,9 @@ def cdef(real: str, functions: tuple[str, ...]) -> str:
     lines = [f"typedef {real} real;"]
     for name in functions:
         if name == "mc_backward":
-            lines.append(f"void {name}(real *const *io, real *const *og, real *ws);")
+            lines.append(f"int {name}(real *const *io, real *const *og, real *ws);")
         else:
-            lines.append(f"void {name}(real *const *io, real *ws);")
+            lines.append(f"int {name}(real *const *io, real *ws);")
     return "\n".join(lines)
 
 
@@ -112,6 +117,7 @@ def build(
     if library_path.exists():
         STATS.cached += 1
         return _load(name, library_path), source_path
+    archive = _kernels(real, cflags, include)
     source_path.write_text(source)
     _compile(
         name,
@@ -123,9 +129,70 @@ def build(
         cflags=cflags,
         ldflags=extra_ldflags,
         openblas=(include, libdir, library),
+        archive=archive,
     )
     STATS.compiled += 1
     return _load(name, library_path), source_path
+
+
+def _kernels(real: str, cflags: tuple[str, ...], include: str) -> Path:
+    """The static archive of the kernels for ``real`` and ``cflags`` (built once)."""
+    compiler = shlex.split(sysconfig.get_config_var("CC") or "cc")
+    digest = hashlib.sha256()
+    for part in (
+        real,
+        repr(cflags),
+        repr(compiler),
+        include,
+        *((CSRC / name).read_text() for name in (*KERNELS, "mithril_c.h")),
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    directory = cache_dir()
+    archive = directory / f"_mithril_c_kernels_{digest.hexdigest()[:24]}.a"
+    if archive.exists():
+        return archive
+    workdir = Path(tempfile.mkdtemp(prefix="kernels-", dir=directory))
+    try:
+        flags = ["-fPIC", *cflags, f"-DMC_REAL={real}", f"-I{CSRC}", f"-I{include}"]
+        jobs = [
+            (
+                subprocess.Popen(
+                    [*compiler, "-c", *flags, str(CSRC / kernel), "-o", str(obj)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                ),
+                obj,
+            )
+            for kernel in KERNELS
+            for obj in [workdir / kernel.replace(".c", ".o")]
+        ]
+        failures = []
+        for job, _ in jobs:
+            output, _ = job.communicate()
+            if job.returncode:
+                failures.append(output)
+        objects = [str(obj) for _, obj in jobs]
+        if not failures:
+            ar = sysconfig.get_config_var("AR") or "ar"
+            result = subprocess.run(
+                [*shlex.split(ar), "rcs", str(workdir / archive.name), *objects],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode:
+                failures.append(result.stdout + result.stderr)
+        if failures:
+            msg = (
+                f"Backend 'c': compiling the kernels in {CSRC} failed:\n"
+                + "\n".join(failures).strip()
+            )
+            raise CompileError(msg)
+        os.replace(workdir / archive.name, archive)  # atomic: concurrent builders agree
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return archive
 
 
 def _cffi_version() -> str:
@@ -145,6 +212,7 @@ def _compile(
     cflags: tuple[str, ...],
     ldflags: tuple[str, ...],
     openblas: tuple[str, str, str],
+    archive: Path,
 ) -> None:
     import cffi  # type: ignore[import-untyped]
 
@@ -155,8 +223,8 @@ def _compile(
     ffi.set_source(
         name,
         f'#line 1 "{source_path}"\n{source}',
-        sources=[str(CSRC / kernel) for kernel in KERNELS],
         include_dirs=[str(CSRC), include],
+        extra_objects=[str(archive)],
         library_dirs=[libdir],
         libraries=[library],
         define_macros=[("MC_REAL", real)],

@@ -1,12 +1,16 @@
 """Generate one C source file for a flat graph: forward, forward for training, backward.
 
-Storage: every tensor lives in one of ``io[]`` (inputs, then constant tensors), ``ws``
-(one workspace per compiled model, allocated once) or ``og[]`` (output gradients).
-Element-wise runs of one shape become one loop; values used only inside such a loop
-stay in registers (the training forward also stores what the backward reads).
-Reshapes alias their input; a transpose of the last two axes read only by matrix
-products becomes a gemm flag. The backward mirrors the Python codegen: only needed
-gradients, the first contribution assigned and later ones added.
+Storage: every tensor lives in one of ``io[]`` (inputs, outputs, then constant
+tensors), ``ws`` (one workspace per compiled model, allocated once) or ``og[]``
+(output gradients). Every tensor has one NumPy dtype: float tensors the model's
+``real`` (or the dtype a ``cast`` names), int tensors int64 (or their cast's int dtype),
+bool tensors one byte per element. Element-wise runs of one shape become one loop;
+values used only inside such a loop stay in registers (the training forward also
+stores what the backward reads). Reshapes alias their input; a transpose of the last
+two axes read only by matrix products becomes a gemm flag. The backward mirrors the
+Python codegen: only needed gradients (of ``real`` values), the first contribution
+assigned and later ones added. Every generated function returns 0, or the 1-based
+index of a runtime error (an index out of range) in :attr:`Plan.errors`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,23 @@ _C_WORDS = frozenset(
     "struct "
     "switch typedef union unsigned void volatile while real io ws og main".split()
 )
+C_TYPES = {
+    "float32": "float",
+    "float64": "double",
+    "int8": "int8_t",
+    "int16": "int16_t",
+    "int32": "int32_t",
+    "int64": "int64_t",
+    "uint8": "uint8_t",
+    "bool": "unsigned char",
+}
+_KIND_DTYPE = {ty.TENSOR_INT: "int64", ty.TENSOR_BOOL: "bool"}
+_DTYPE_KIND = {
+    "f": ty.TENSOR_FLOAT,
+    "i": ty.TENSOR_INT,
+    "u": ty.TENSOR_INT,
+    "b": ty.TENSOR_BOOL,
+}
 
 
 @dataclass(frozen=True)
@@ -55,15 +76,17 @@ class Plan:
     source: str
     input_keys: tuple[str, ...]
     input_shapes: tuple[tuple[int, ...], ...]
-    input_masks: tuple[bool, ...]
+    input_dtypes: tuple[str, ...]
     output_shapes: tuple[tuple[int, ...], ...]
+    output_dtypes: tuple[str, ...]
     constants: list[np.ndarray]
     workspace: int
-    outputs: dict[str, tuple[Loc, tuple[int, ...]] | np.ndarray]
+    outputs: dict[str, tuple[Loc, tuple[int, ...], str] | np.ndarray]
     seeds: tuple[str, ...]
     seed_shapes: tuple[tuple[int, ...], ...]
-    grads: dict[str, tuple[Loc, tuple[int, ...]] | None]
+    grads: dict[str, tuple[Loc, tuple[int, ...], str] | None]
     functions: tuple[str, ...]
+    errors: tuple[str, ...] = ()
 
 
 @dataclass
@@ -149,13 +172,8 @@ def _fields(template: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
 
 
-def _is_float_tensor(value: Value) -> bool:
-    return ty.TENSOR_FLOAT in value.types
-
-
-def is_mask(value: Value) -> bool:
-    """A bool tensor (stored as one byte per element: ``where`` conditions)."""
-    return ty.TENSOR_BOOL in value.types and ty.TENSOR_FLOAT not in value.types
+def _is_tensor(value: Value) -> bool:
+    return bool(value.types) and value.types <= ty.TENSORS
 
 
 def _scalar(constant: Any) -> bool:
@@ -164,19 +182,56 @@ def _scalar(constant: Any) -> bool:
     return isinstance(constant, np.ndarray | np.generic) and np.ndim(constant) == 0
 
 
+def _constant_dtype(constant: Any, real: str) -> str:
+    kind = np.asarray(constant).dtype.kind
+    if kind == "b":
+        return "bool"
+    if kind in "iu":
+        return "int64"
+    return real
+
+
+def unresolved(graph: FlatGraph) -> list[str]:
+    """Keys whose shape or tensor dtype kind is not known: the C code for ``graph``
+    can only be generated once they are (at the first evaluate)."""
+    missing: dict[str, None] = {}
+    for key, value in graph.inputs.items():
+        if value.types & ty.TENSORS and not _resolved(value):
+            missing[key] = None
+    for node in graph.nodes:
+        if node.op in _VIRTUAL:
+            continue
+        for value in (*node.inputs, node.output):
+            if value.is_constant or not value.types & ty.TENSORS:
+                continue
+            # A node output's kind follows from its inputs' (see _output_dtype).
+            if not _resolved(value, kind=False):
+                missing[value.name] = None
+    return list(missing)
+
+
+def _resolved(value: Value, *, kind: bool = True) -> bool:
+    if kind and (len(value.types & ty.TENSORS) != 1 or not value.types <= ty.TENSORS):
+        return False
+    shape = value.shape()
+    return shape is not None and None not in shape
+
+
 class Emitter:
     """Code generator state, and the API lowerings emit C through.
 
-    Forward emitters use ``shape``, ``ptr``, ``out``, ``alias``, ``line``, ``lit``,
-    ``longs`` and ``temp``; VJP emitters also ``gout``, ``target`` and
-    ``grad_alias``. ``transposed(value)`` gives the stored source of a transpose that is
-    folded into a matrix product.
+    Forward emitters use ``shape``, ``dtype``, ``ctype``, ``ptr``, ``out``, ``alias``,
+    ``line``, ``lit``, ``longs``, ``temp``, ``fill``, ``gather``/``scatter`` and
+    ``check``; VJP emitters also ``gout``, ``target`` and ``grad_alias``.
+    ``transposed(value)`` gives the stored source of a transpose that is folded into a
+    matrix product.
     """
 
     def __init__(self, graph: FlatGraph, lowerings: dict[str, Any], real: str) -> None:
         self.graph = graph
         self.lowerings = lowerings
         self.real = real
+        self.real_numpy = "float32" if real == "float" else "float64"
         self.itemsize = 4 if real == "float" else 8
         self.loc: dict[int, Loc] = {}
         self.cname: dict[int, str] = {}
@@ -193,6 +248,8 @@ class Emitter:
         self.requiring: set[int] = set()
         self.input_keys = tuple(graph.inputs)
         self.lists: set[int] = set()
+        self.dtypes: dict[int, str] = {}
+        self.errors: list[str] = []
         for node in graph.nodes:
             for value in node.inputs:
                 self.consumers.setdefault(id(value), []).append(node)
@@ -210,36 +267,31 @@ class Emitter:
                 self.output_slots[id(value)] = slot
         self._classify()
 
-    # -- checks and layout -----------------------------------------------------------
+    # -- checks, dtypes and layout -----------------------------------------------------
     def _check_supported(self) -> None:
+        unknown = unresolved(self.graph)
+        if unknown:
+            msg = (
+                "Backend 'c' needs static shapes and dtypes; these keys are not "
+                f"known: {', '.join(unknown)}. Give them with compile(shapes=...)."
+            )
+            raise CompileError(msg)
         bad: dict[str, list[str]] = {}
         outputs = {id(v) for v in self.graph.outputs.values()}
+        for key, value in self.graph.inputs.items():
+            if not _is_tensor(value):
+                bad.setdefault(
+                    f"input {key!r} of type {ty.format_type(value.types)} "
+                    "(only tensors)",
+                    [],
+                )
+                continue
+            kind = next(iter(value.types))
+            self.dtypes[id(value)] = _KIND_DTYPE.get(kind, self.real_numpy)
         for node in self.graph.nodes:
             reason = self._unsupported(node, outputs)
             if reason:
                 bad.setdefault(reason, []).append(node.path)
-        for node in self.graph.nodes:
-            shape = node.output.shape()
-            if node.op not in _VIRTUAL and (shape is None or None in shape):
-                bad.setdefault("unknown dims", []).append(node.output.name)
-        for key, value in self.graph.inputs.items():
-            if is_mask(value) and self._only_conditions(value):
-                continue
-            if not _is_float_tensor(value):
-                bad.setdefault(
-                    f"input {key!r} of type {ty.format_type(value.types)} "
-                    "(only float tensors)",
-                    [],
-                )
-            elif None in (value.shape() or [None]):
-                bad.setdefault("unknown dims", []).append(key)
-        unknown = bad.pop("unknown dims", None)
-        if unknown:
-            msg = (
-                "Backend 'c' needs static shapes; these keys have unknown dims: "
-                f"{', '.join(unknown)}. Give them with compile(shapes=...)."
-            )
-            raise CompileError(msg)
         if bad:
             lines = [
                 f"  {reason}" + (f" at {', '.join(paths[:5])}" if paths else "")
@@ -260,47 +312,95 @@ class Emitter:
             users = self.consumers.get(id(node.output), [])
             if id(node.output) in outputs or any(u.op != "concat" for u in users):
                 return f"primitive {node.op!r} (lists of tensors only feed concat)"
-            tensors = node.inputs
-        elif node.op == "split":
+            if not all(_is_tensor_value(v) for v in node.inputs):
+                return f"primitive {node.op!r} of non-tensors"
+            parts = [self.dtype(v) for v in node.inputs]
+            self.dtypes[id(node.output)] = np.result_type(*parts).name
+            return None
+        if node.op == "split":
             users = self.consumers.get(id(node.output), [])
             if id(node.output) in outputs or not all(
                 u.op == "indexer" and isinstance(u.inputs[1].constant, int)
                 for u in users
             ):
                 return "primitive 'split' (chunks are only read by integer indexing)"
-            tensors = node.inputs[:1]
-        else:
-            if not _is_float_tensor(node.output) or not node.output.types <= ty.TENSORS:
-                return (
-                    f"primitive {node.op!r} with a "
-                    f"{ty.format_type(node.output.types)} output (only float tensors)"
-                )
-            tensors = [v for v in node.inputs if v.types <= ty.TENSORS]
+            self.dtypes[id(node.output)] = self.dtype(node.inputs[0])
+            return None
+        if not node.output.types <= ty.TENSORS:
+            return (
+                f"primitive {node.op!r} with a {ty.format_type(node.output.types)} "
+                "output (only tensors)"
+            )
         for value in node.inputs:
-            if value.is_constant or node.op in _LISTS:
+            if value.is_constant or id(value) in self.lists:
                 continue
-            if value.types <= ty.TENSORS and not _is_float_tensor(value):
-                if not (is_mask(value) and self._only_conditions(value)):
-                    return f"primitive {node.op!r} with a non-float tensor input"
-            if not value.types & ty.TENSORS and id(value) not in self.lists:
+            if not value.types & ty.TENSORS:
                 return f"primitive {node.op!r} with a non-constant scalar input"
-        for value in tensors:
-            shape = value.shape()
-            if value.types & ty.TENSORS and shape is not None:
-                if None in shape:
-                    return "unknown dims"
-                if len(shape) > _MAX_DIMS:
-                    return f"primitive {node.op!r} on more than {_MAX_DIMS} dims"
+            if len(self.shape(value)) > _MAX_DIMS:
+                return f"primitive {node.op!r} on more than {_MAX_DIMS} dims"
+        dtype = self._output_dtype(node)
+        if dtype is None:
+            what = node.inputs[1].constant if node.op == "cast" else node.output.types
+            return f"primitive {node.op!r} to {what}"
+        self.dtypes[id(node.output)] = dtype
+        if self.is_elementwise(node):
+            return None
+        # Other kernels compute in ``real``; some declare which other inputs they take.
+        allowed = getattr(entry[0], "dtypes", None)
+        values = [(j, v) for j, v in enumerate(node.inputs) if _is_tensor_value(v)]
+        values.append((-1, node.output))
+        for j, value in values:
+            dtype = self.dtype(value)
+            if dtype == self.real_numpy:
+                continue
+            if allowed == "any" or (isinstance(allowed, dict) and j in allowed):
+                kinds = "any" if allowed == "any" else allowed[j]  # type: ignore[index]
+                if kinds == "any" or np.dtype(dtype).kind in kinds:
+                    continue
+            what = "output" if j < 0 else f"input {j}"
+            return f"primitive {node.op!r} with a {dtype} {what}"
         return None
 
-    def _only_conditions(self, value: Value) -> bool:
-        users = [
-            (n, j)
-            for n in self.consumers.get(id(value), [])
-            for j, v in enumerate(n.inputs)
-            if v is value
+    def _output_dtype(self, node: Node) -> str | None:
+        kinds = node.output.types & ty.TENSORS
+        if not kinds:
+            return None
+        if len(kinds) > 1:
+            # A type rule that stopped early: the kind of the first tensor input if
+            # the output may have it (shape ops, ...), else float, int, bool.
+            first = next(
+                (
+                    self.dtype(v)
+                    for v in node.inputs
+                    if _is_tensor_value(v) or id(v) in self.lists
+                ),
+                None,
+            )
+            order = [ty.TENSOR_FLOAT, ty.TENSOR_INT, ty.TENSOR_BOOL]
+            if first is not None:
+                order.insert(0, _DTYPE_KIND[np.dtype(first).kind])
+            kinds = frozenset({next(k for k in order if k in kinds)})
+        kind = next(iter(kinds))
+        letter = {ty.TENSOR_FLOAT: "f", ty.TENSOR_INT: "iu", ty.TENSOR_BOOL: "b"}[kind]
+        if node.op == "cast":
+            constant = node.inputs[1].constant
+            named = str(getattr(constant, "name", constant))
+            if named not in C_TYPES or np.dtype(named).kind not in letter:
+                return None  # float16, bfloat16: no C type here
+            return named
+        if node.op in ("arg_max", "arg_min", "sum") and kind == ty.TENSOR_INT:
+            return "int64"
+        same = [
+            self.dtype(v)
+            for v in node.inputs
+            if (_is_tensor_value(v) or id(v) in self.lists)
+            and np.dtype(self.dtype(v)).kind in letter
         ]
-        return bool(users) and all(n.op == "where" and j == 0 for n, j in users)
+        if same:
+            return np.result_type(*same).name
+        return {ty.TENSOR_FLOAT: self.real_numpy, ty.TENSOR_INT: "int64"}.get(
+            kind, "bool"
+        )
 
     def _place_inputs(self) -> None:
         for slot, value in enumerate(self.graph.inputs.values()):
@@ -321,6 +421,28 @@ class Emitter:
             ):
                 self.virtual[id(node.output)] = node
 
+    # -- dtypes ------------------------------------------------------------------------
+    def dtype(self, value: Value) -> str:
+        """NumPy dtype name of a tensor value."""
+        found = self.dtypes.get(id(value))
+        if found is not None:
+            return found
+        if value.is_constant:
+            found = _constant_dtype(value.constant, self.real_numpy)
+            self.dtypes[id(value)] = found
+            return found
+        msg = f"internal: value {value.name} has no dtype"
+        raise CompileError(msg)
+
+    def ctype(self, value: Value | str) -> str:
+        """C element type of a tensor value (or of a dtype name); ``real`` for the
+        model's float type."""
+        dtype = value if isinstance(value, str) else self.dtype(value)
+        return "real" if dtype == self.real_numpy else C_TYPES[dtype]
+
+    def is_real(self, value: Value) -> bool:
+        return _is_tensor_value(value) and self.dtype(value) == self.real_numpy
+
     # -- names and storage -------------------------------------------------------------
     def _name(self, key: int, base: str) -> str:
         name = self.cname.get(key)
@@ -339,10 +461,12 @@ class Emitter:
             self.cname[key] = name
         return name
 
-    def _alloc(self, numel: int) -> int:
+    def _alloc(self, numel: int, itemsize: int | None = None) -> int:
+        """Workspace offset (in ``real`` elements) of ``numel`` items of
+        ``itemsize`` bytes (default: ``real``)."""
         offset = self.workspace
-        step = _ALIGN_BYTES // self.itemsize
-        self.workspace += -(-max(numel, 1) // step) * step
+        nbytes = max(numel, 1) * (itemsize or self.itemsize)
+        self.workspace += -(-nbytes // _ALIGN_BYTES) * (_ALIGN_BYTES // self.itemsize)
         return offset
 
     def _loc_expr(self, loc: Loc) -> str:
@@ -362,7 +486,7 @@ class Emitter:
         if value.is_constant:
             key = id(value)
             if key not in self.loc:
-                dtype = bool if is_mask(value) else self.real_numpy
+                dtype = self.dtype(value)
                 array = np.ascontiguousarray(np.asarray(value.constant), dtype=dtype)
                 slot = len(self.input_keys) + len(self.output_slots)
                 self.loc[key] = Loc("io", slot + len(self.constants))
@@ -372,16 +496,13 @@ class Emitter:
             msg = f"internal: value {value.name} has no storage"
             raise CompileError(msg)
         name = self._name(id(value), value.name)
-        if is_mask(value):
-            self.fn.decls[name] = f"(unsigned char *){self._loc_expr(loc)}"
-            self.fn.types[name] = "unsigned char"
-        else:
+        ctype = self.ctype(value)
+        if ctype == "real":
             self.fn.decls[name] = self._loc_expr(loc)
+        else:
+            self.fn.decls[name] = f"({ctype} *)({self._loc_expr(loc)})"
+            self.fn.types[name] = ctype
         return name
-
-    @property
-    def real_numpy(self) -> str:
-        return "float32" if self.real == "float" else "float64"
 
     def out(self, node: Node) -> str:
         """Pointer to ``node``'s output, allocated in the workspace on first use."""
@@ -391,7 +512,8 @@ class Emitter:
             if slot is not None:
                 self.loc[id(value)] = Loc("io", slot)
             else:
-                self.loc[id(value)] = Loc("ws", self._alloc(self.numel(value)))
+                size = np.dtype(self.dtype(value)).itemsize
+                self.loc[id(value)] = Loc("ws", self._alloc(self.numel(value), size))
         return self.ptr(value)
 
     def alias(self, node: Node, value: Value) -> None:
@@ -399,32 +521,95 @@ class Emitter:
         self.ptr(value)
         self.loc[id(node.output)] = self.loc[id(value)]
 
-    def temp(self, node: Node, key: str, numel: int) -> str:
+    def temp(self, node: Node, key: str, numel: int, ctype: str = "real") -> str:
         """Workspace scratch owned by ``node`` (the same region in every function)."""
         tkey = (id(node), key)
         if tkey not in self.temps:
-            self.temps[tkey] = self._alloc(numel)
+            size = self.itemsize if ctype == "real" else _C_SIZES[ctype]
+            self.temps[tkey] = self._alloc(numel, size)
         name = self._name(hash(tkey), f"{node.output.name}_{key}")
-        self.fn.decls[name] = f"ws + {self.temps[tkey]}"
+        if ctype == "real":
+            self.fn.decls[name] = f"ws + {self.temps[tkey]}"
+        else:
+            self.fn.decls[name] = f"({ctype} *)(ws + {self.temps[tkey]})"
+            self.fn.types[name] = ctype
         return name
 
     def line(self, *lines: str) -> None:
         self.fn.lines.extend(lines)
 
-    def lit(self, value: Any) -> str:
-        """C literal of a Python scalar constant."""
+    def check(self, call: str, message: str) -> None:
+        """``call`` returns non-zero on a runtime error: the generated function then
+        returns, and the caller raises ``message``."""
+        if message not in self.errors:
+            self.errors.append(message)
+        self.line(f"if ({call}) return {self.errors.index(message) + 1};")
+
+    def fill(self, pointer: str, numel: int, value: str, ctype: str = "real") -> None:
+        """``pointer[0:numel] = value``."""
+        if ctype == "real":
+            self.line(f"mc_fill({pointer}, {numel}, {value});")
+        else:
+            self.line(f"for (long i = 0; i < {numel}; ++i) {pointer}[i] = {value};")
+
+    def gather(
+        self,
+        value: Value,
+        out: str,
+        source: str,
+        shape: Sequence[int],
+        strides: Sequence[int],
+        accumulate: bool = False,
+    ) -> None:
+        """Copy (or add) the strided view ``source`` (of ``value``'s dtype) into the
+        contiguous ``out``."""
+        self._strided("gather", value, out, source, shape, strides, accumulate)
+
+    def scatter(
+        self,
+        value: Value,
+        out: str,
+        source: str,
+        shape: Sequence[int],
+        strides: Sequence[int],
+        accumulate: bool = False,
+    ) -> None:
+        """Copy (or add) the contiguous ``source`` into the strided view ``out``."""
+        self._strided("scatter", value, out, source, shape, strides, accumulate)
+
+    def _strided(
+        self,
+        kind: str,
+        value: Value,
+        out: str,
+        source: str,
+        shape: Sequence[int],
+        strides: Sequence[int],
+        accumulate: bool,
+    ) -> None:
+        dims = f"{len(shape)}, {self.longs(shape)}, {self.longs(strides)}"
+        if self.is_real(value):
+            self.line(f"mc_{kind}({out}, {source}, {dims}, {int(accumulate)});")
+            return
+        assert not accumulate, "only real values are accumulated"
+        size = np.dtype(self.dtype(value)).itemsize
+        self.line(f"mc_{kind}_bytes({out}, {source}, {size}, {dims});")
+
+    def lit(self, value: Any, ctype: str | None = None) -> str:
+        """C literal of a Python scalar constant (of ``ctype`` when given)."""
         if isinstance(value, np.ndarray | np.generic):
             value = value.item()
         if isinstance(value, bool):
             return "1" if value else "0"
-        if isinstance(value, int):
-            return f"((real){value})"
+        if isinstance(value, int) and ctype not in ("real", "float", "double"):
+            return f"(({ctype or 'int64_t'}){value})"
         value = float(value)
+        cast = ctype if ctype in ("float", "double") else "real"
         if math.isnan(value):
-            return "((real)NAN)"
+            return f"(({cast})NAN)"
         if math.isinf(value):
-            return "((real)INFINITY)" if value > 0 else "((real)-INFINITY)"
-        return f"((real){value!r})"
+            return f"(({cast})INFINITY)" if value > 0 else f"(({cast})-INFINITY)"
+        return f"(({cast}){value!r})"
 
     def longs(self, values: Iterable[int]) -> str:
         """Name of a file-level ``static const long`` array holding ``values``."""
@@ -509,23 +694,73 @@ class Emitter:
     def is_elementwise(self, node: Node) -> bool:
         return isinstance(self.lowerings[node.op][0], str)
 
+    def _options(self, node: Node) -> dict[str, Any]:
+        entry = self.lowerings[node.op]
+        return entry[2] if len(entry) > 2 else {}
+
+    def _template(self, node: Node) -> str:
+        """The forward template for ``node``'s output kind."""
+        kind = np.dtype(self.dtype(node.output)).kind
+        key = {"b": "bool", "i": "int", "u": "int"}.get(kind, "float")
+        return self._options(node).get(key, self.lowerings[node.op][0])
+
+    def _operand_ctypes(self, node: Node) -> list[str | None]:
+        """The C type each operand is converted to (``None``: read as stored)."""
+        raw = set(self._options(node).get("raw", ()))
+        out = self.dtype(node.output)
+        if np.dtype(out).kind != "b":
+            return [
+                None if j in raw else self.ctype(out) for j in range(len(node.inputs))
+            ]
+        # Comparisons: NumPy's promotion of the operands (Python scalars are weak).
+        tensors = [
+            self.dtype(v)
+            for j, v in enumerate(node.inputs)
+            if j not in raw and _is_tensor_value(v)
+        ]
+        scalars = [
+            v.constant
+            for j, v in enumerate(node.inputs)
+            if j not in raw and not _is_tensor_value(v)
+        ]
+        floats = [d for d in tensors if np.dtype(d).kind == "f"]
+        if floats:
+            common: str | None = np.result_type(*floats).name
+        elif any(isinstance(s, float) for s in scalars):
+            common = self.real_numpy
+        elif any(np.dtype(d).kind in "iu" for d in tensors):
+            common = np.result_type(
+                *(d for d in tensors if np.dtype(d).kind in "iu")
+            ).name
+        else:
+            common = None
+        ctype = None if common is None else self.ctype(common)
+        return [None if j in raw else ctype for j in range(len(node.inputs))]
+
     def _operand(
         self,
         value: Value,
         shape: tuple[int, ...],
-        temps: dict[int, str],
+        temps: dict[int, tuple[str, str]],
         accesses: list[tuple[str, tuple[int, ...]]],
         seen: dict[int, int],
+        want: str | None = None,
     ) -> str:
         if id(value) in temps:
-            return temps[id(value)]
-        if value.is_constant and _scalar(value.constant):
-            return self.lit(value.constant)
-        if id(value) not in seen:
-            seen[id(value)] = len(accesses)
-            strides = broadcast_strides(shape_of(value), shape)
-            accesses.append((self.ptr(value), strides))
-        return f"\x00{seen[id(value)]}\x00"
+            text, ctype = temps[id(value)]
+        elif value.is_constant and _scalar(value.constant):
+            return self.lit(value.constant, want)
+        elif value.is_constant and not _is_tensor_value(value):
+            return ""  # a dtype name, an axis ...: not an operand of the C expression
+        else:
+            if id(value) not in seen:
+                seen[id(value)] = len(accesses)
+                strides = broadcast_strides(shape_of(value), shape)
+                accesses.append((self.ptr(value), strides))
+            text, ctype = f"\x00{seen[id(value)]}\x00", self.ctype(value)
+        if want is None or want == ctype:
+            return text
+        return f"(({want}){text})"
 
     def _emit_loop(
         self,
@@ -548,16 +783,21 @@ class Emitter:
     def emit_group(self, nodes: list[Node], store: set[int]) -> None:
         """One loop computing a run of same-shape element-wise nodes."""
         shape = shape_of(nodes[0].output)
-        temps: dict[int, str] = {}
+        temps: dict[int, tuple[str, str]] = {}
         accesses: list[tuple[str, tuple[int, ...]]] = []
         seen: dict[int, int] = {}
         body = []
         writes = []
         for k, node in enumerate(nodes):
-            template = self.lowerings[node.op][0]
-            args = [self._operand(v, shape, temps, accesses, seen) for v in node.inputs]
-            body.append(f"real t{k} = {template.format(*args)};")
-            temps[id(node.output)] = f"t{k}"
+            template = self._template(node)
+            wants = self._operand_ctypes(node)
+            args = [
+                self._operand(v, shape, temps, accesses, seen, want)
+                for v, want in zip(node.inputs, wants, strict=True)
+            ]
+            ctype = self.ctype(node.output)
+            body.append(f"{ctype} t{k} = {template.format(*args)};")
+            temps[id(node.output)] = (f"t{k}", ctype)
             if id(node.output) in store:
                 writes.append((self.out(node), f"t{k}"))
         for pointer, temp in writes:
@@ -580,10 +820,13 @@ class Emitter:
             return
         accesses: list[tuple[str, tuple[int, ...]]] = []
         seen: dict[int, int] = {}
-        temps: dict[int, str] = {}
+        temps: dict[int, tuple[str, str]] = {}
         used = set().union(*(_fields(vjps[j] or "") for j, _ in targets))
+        wants = self._operand_ctypes(node)
         args = [
-            self._operand(v, shape, temps, accesses, seen) if str(j) in used else ""
+            self._operand(v, shape, temps, accesses, seen, wants[j])
+            if str(j) in used
+            else ""
             for j, v in enumerate(node.inputs)
         ]
         named = {
@@ -642,7 +885,22 @@ class Emitter:
         unused = ["    (void)io; (void)ws;"]
         if "og" in signature:
             unused = ["    (void)io; (void)og; (void)ws;"]
-        return "\n".join([f"{signature} {{", *unused, *decls, *body, "}"])
+        return "\n".join(
+            [f"{signature} {{", *unused, *decls, *body, "    return 0;", "}"]
+        )
+
+
+_C_SIZES = {C_TYPES[name]: np.dtype(name).itemsize for name in C_TYPES} | {
+    "uint64_t": 8
+}
+
+
+def _is_tensor_value(value: Value) -> bool:
+    if value.is_constant:
+        return not _scalar(value.constant) and not isinstance(
+            value.constant, list | tuple | str | type(None)
+        )
+    return bool(value.types) and value.types <= ty.TENSORS
 
 
 def _swaps_last_two(shape: tuple[int, ...], axes: Any) -> bool:
@@ -670,7 +928,9 @@ def generate(
     active: list[Node] = []
     requires: set[int] = set()
     seeds = tuple(
-        k for k in differentiable_outputs if _is_float_tensor(graph.outputs[k])
+        k
+        for k in differentiable_outputs
+        if _is_tensor_value(graph.outputs[k]) and em.is_real(graph.outputs[k])
     )
     if not inference:
         active, requires = _active(em, grad_keys, seeds)
@@ -678,7 +938,7 @@ def generate(
 
     functions = [_forward(em, groups, outputs, set(), "mc_forward")]
     names = ["mc_forward"]
-    grads: dict[str, tuple[Loc, tuple[int, ...]] | None] = {}
+    grads: dict[str, tuple[Loc, tuple[int, ...], str] | None] = {}
     if not inference:
         functions.append(_forward(em, groups, outputs, bwd_reads, "mc_forward_train"))
         functions.append(_backward(em, active, requires, seeds))
@@ -686,13 +946,15 @@ def generate(
         for key in grad_keys:
             value = graph.inputs[key]
             loc = em.grad.get(id(value))
-            grads[key] = None if loc is None else (loc, shape_of(value))
-    results: dict[str, tuple[Loc, tuple[int, ...]] | np.ndarray] = {}
+            grads[key] = None if loc is None else (loc, shape_of(value), em.real_numpy)
+    results: dict[str, tuple[Loc, tuple[int, ...], str] | np.ndarray] = {}
     for key, value in graph.outputs.items():
         if value.is_constant:
-            results[key] = np.asarray(value.constant, dtype=em.real_numpy)
+            results[key] = np.asarray(
+                value.constant, dtype=_constant_dtype(value.constant, em.real_numpy)
+            )
         else:
-            results[key] = (em.loc[id(value)], shape_of(value))
+            results[key] = (em.loc[id(value)], shape_of(value), em.dtype(value))
     header = [
         "/* Generated by mithril_c: one compiled model, element type "
         f"{em.real_numpy}. */",
@@ -713,16 +975,18 @@ def generate(
         *em.statics,
     ]
     source = "\n".join(header) + "\n\n" + "\n\n".join(functions) + "\n"
+    produced = [
+        v
+        for v in {id(v): v for v in graph.outputs.values()}.values()
+        if id(v) in em.output_slots
+    ]
     return Plan(
         source=source,
         input_keys=em.input_keys,
         input_shapes=tuple(shape_of(v) for v in graph.inputs.values()),
-        input_masks=tuple(is_mask(v) for v in graph.inputs.values()),
-        output_shapes=tuple(
-            shape_of(v)
-            for v in {id(v): v for v in graph.outputs.values()}.values()
-            if id(v) in em.output_slots
-        ),
+        input_dtypes=tuple(em.dtype(v) for v in graph.inputs.values()),
+        output_shapes=tuple(shape_of(v) for v in produced),
+        output_dtypes=tuple(em.dtype(v) for v in produced),
         constants=em.constants,
         workspace=em.workspace,
         outputs=results,
@@ -730,6 +994,7 @@ def generate(
         seed_shapes=tuple(shape_of(graph.outputs[k]) for k in seeds),
         grads=grads,
         functions=tuple(names),
+        errors=tuple(em.errors),
     )
 
 
@@ -778,7 +1043,7 @@ def _forward(
             continue
         em.line(f"/* {node.path}: {node.op} */")
         em.lowerings[node.op][0](em, node)
-    return em.end(f"MC_DISPATCH void {name}(real *const *io, real *ws)")
+    return em.end(f"MC_DISPATCH int {name}(real *const *io, real *ws)")
 
 
 def _active(
@@ -787,7 +1052,10 @@ def _active(
     graph = em.graph
     requires = {id(graph.inputs[k]) for k in grad_keys}
     for node in graph.nodes:
-        if any(id(v) in requires for v in node.inputs):
+        # Gradients flow through ``real`` values only: not into ints, bools or a
+        # cast to another float dtype.
+        flows = em.is_real(node.output) or node.op in _VIRTUAL
+        if flows and any(id(v) in requires for v in node.inputs):
             requires.add(id(node.output))
     reaching = {id(graph.outputs[k]) for k in seeds}
     active = []
@@ -851,5 +1119,5 @@ def _backward(
         else:
             em.lowerings[node.op][1](em, node, needs)
     return em.end(
-        "MC_DISPATCH void mc_backward(real *const *io, real *const *og, real *ws)"
+        "MC_DISPATCH int mc_backward(real *const *io, real *const *og, real *ws)"
     )

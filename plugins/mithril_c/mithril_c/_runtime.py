@@ -9,9 +9,14 @@ from typing import Any
 import numpy as np
 
 from mithril_c._codegen import Loc, Plan
-from mithril_core.errors import DtypeError, InputKeyError, ShapeError
+from mithril_core.errors import DtypeError, InputKeyError, MithrilError, ShapeError
 
 _ALIGN_BYTES = 64
+
+
+class KernelIndexError(MithrilError, IndexError):
+    """A kernel of the compiled C met an index out of range (embedding rows,
+    cross-entropy classes); nothing was written to the caller's arrays."""
 
 
 class Runtime:
@@ -23,9 +28,9 @@ class Runtime:
         self.plan = plan
         self.dtype = dtype
         self.items = tuple(
-            (key, shape, np.dtype(bool) if mask else dtype)
-            for key, shape, mask in zip(
-                plan.input_keys, plan.input_shapes, plan.input_masks, strict=True
+            (key, shape, np.dtype(name), np.dtype(name) == dtype)
+            for key, shape, name in zip(
+                plan.input_keys, plan.input_shapes, plan.input_dtypes, strict=True
             )
         )
         # Workspace: one aligned block, zero pages are only touched when written.
@@ -42,6 +47,10 @@ class Runtime:
         self._keep = [self._pointer(c) for c in self.constants]
         for slot, buffer in enumerate(self._keep, start=self.first_constant):
             self.io[slot] = buffer
+        self.outputs_spec = tuple(
+            (shape, np.dtype(name), np.dtype(name) == dtype)
+            for shape, name in zip(plan.output_shapes, plan.output_dtypes, strict=True)
+        )
         self.og = self.ffi.new("real *[]", max(len(plan.seeds), 1))
         largest = max((int(np.prod(s)) for s in plan.seed_shapes), default=0)
         self.zeros = np.zeros(max(largest, 1), dtype=dtype)
@@ -54,14 +63,16 @@ class Runtime:
             for key, where in plan.grads.items()
         ]
 
-    def _view(self, where: tuple[Loc, tuple[int, ...]] | np.ndarray) -> Any:
+    def _view(self, where: tuple[Loc, tuple[int, ...], str] | np.ndarray) -> Any:
         """A workspace or constant view, or (kind, slot, shape) resolved per call."""
         if isinstance(where, np.ndarray):
             return where
-        loc, shape = where
+        loc, shape, dtype = where
         if loc.kind == "ws":
             size = int(np.prod(shape))
-            return self.workspace[loc.index : loc.index + size].reshape(shape)
+            start = loc.index * self.dtype.itemsize
+            data = self.workspace.view(np.uint8)[start:]
+            return data[: size * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
         if loc.kind == "io" and loc.index >= self.first_constant:
             return self.constants[loc.index - self.first_constant].reshape(shape)
         if loc.kind == "io" and loc.index >= self.first_output:
@@ -73,23 +84,20 @@ class Runtime:
         alive = []
         io = self.io
         from_buffer = self.ffi.from_buffer
-        for slot, (key, shape, dtype) in enumerate(self.items):
+        for slot, (key, shape, dtype, real) in enumerate(self.items):
             array = self._checked(inputs, key, shape, "input", dtype)
             alive.append(array)
-            io[slot] = (
-                self._pointer(array)
-                if dtype is not self.dtype
-                else from_buffer("real[]", array)
-            )
+            io[slot] = from_buffer("real[]", array) if real else self._pointer(array)
         outputs = []
-        for slot, shape in enumerate(self.plan.output_shapes, start=self.first_output):
-            array = np.empty(shape, dtype=self.dtype)
+        first = self.first_output
+        for slot, (shape, dtype, real) in enumerate(self.outputs_spec, start=first):
+            array = np.empty(shape, dtype=dtype)
             outputs.append(array)
-            io[slot] = from_buffer("real[]", array)
+            io[slot] = from_buffer("real[]", array) if real else self._pointer(array)
         return alive, outputs
 
     def _pointer(self, array: np.ndarray) -> Any:
-        """``real *`` to any array's data (bool masks are read as bytes in C)."""
+        """``real *`` to any array's data (the generated code casts it back)."""
         return self.ffi.cast("real *", self.ffi.from_buffer("char[]", array))
 
     def _checked(
@@ -111,17 +119,25 @@ class Runtime:
             msg = f"{key}: expected a NumPy array for backend 'c', got {kind}."
             raise DtypeError(msg)
         if array.dtype != dtype:
-            msg = (
-                f"{key}: expected dtype {dtype.name}, got {array.dtype}. "
-                "Convert it with backend.array(...); nothing is cast silently."
-            )
-            raise DtypeError(msg)
+            # Int data of another width is widened exactly; nothing else is cast.
+            if not (dtype.kind == "i" and array.dtype.kind in "iu" and _fits(array)):
+                msg = (
+                    f"{key}: expected dtype {dtype.name}, got {array.dtype}. "
+                    "Convert it with backend.array(...); nothing is cast silently."
+                )
+                raise DtypeError(msg)
+            array = array.astype(dtype)
         if array.shape != shape:
             msg = f"{key}: expected shape {list(shape)}, got {list(array.shape)}."
             raise ShapeError(msg)
         if not (array.flags.c_contiguous and array.flags.aligned):
             array = np.ascontiguousarray(array)
         return array
+
+    def _call(self, status: int) -> None:
+        if status:
+            msg = f"Backend 'c': {self.plan.errors[status - 1]}"
+            raise KernelIndexError(msg)
 
     def _result(
         self, view: Any, inputs: list[Any], outputs: list[Any], seeds: list[Any]
@@ -145,7 +161,7 @@ class Runtime:
 
     def forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         alive, outputs = self._bind(inputs)
-        self.lib.mc_forward(self.io, self.ws)
+        self._call(self.lib.mc_forward(self.io, self.ws))
         return self._outputs(alive, outputs)
 
     def forward_backward(
@@ -170,11 +186,15 @@ class Runtime:
                 f"differentiable outputs; expected a subset of {list(self.plan.seeds)}."
             )
             raise InputKeyError(msg)
-        self.lib.mc_forward_train(self.io, self.ws)
-        self.lib.mc_backward(self.io, self.og, self.ws)
+        self._call(self.lib.mc_forward_train(self.io, self.ws))
+        self._call(self.lib.mc_backward(self.io, self.og, self.ws))
         outputs = self._outputs(alive, fresh)
         grads = {
             k: None if v is None else self._result(v, alive, fresh, seeds)
             for k, v in self.grad_views
         }
         return outputs, grads
+
+
+def _fits(array: np.ndarray) -> bool:
+    return array.dtype.itemsize < 8 or array.dtype.kind == "i"

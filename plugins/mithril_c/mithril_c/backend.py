@@ -2,9 +2,15 @@
 
 Runtime contract (documented for users):
 
-- Inputs must match the compiled shapes and the backend dtype exactly (checked in
-  Python before any C runs). Non-contiguous or misaligned arrays are copied to a
-  contiguous array first; contiguous ones are passed to C without copying.
+- Inputs must match the compiled shapes and dtypes exactly (checked in Python before
+  any C runs): float tensors the backend dtype, bool tensors bool, int tensors int64
+  (narrower ints are widened exactly, in a copy). Non-contiguous or misaligned arrays
+  are copied to a contiguous array first; contiguous ones are passed to C without
+  copying.
+- Shapes (or tensor dtype kinds) the compile could not infer are taken from the first
+  evaluate: the C code is generated and built then, once per distinct set of input
+  shapes and dtype kinds (each cached). Until then ``pm.code`` says so; afterwards it
+  holds the latest specialisation's source (also written to ``file_path``).
 - Outputs and gradients are fresh NumPy arrays (copies out of the model's workspace,
   which is allocated once per compiled model and reused by every call). A compiled
   model is therefore not re-entrant: do not evaluate one from several threads at once.
@@ -20,7 +26,8 @@ import numpy as np
 
 from mithril_core.backends.base import Backend, Evaluator, Program
 from mithril_core.dtypes import Dtype
-from mithril_core.errors import CompileError, DtypeError
+from mithril_core.errors import CompileError, DtypeError, InputKeyError
+from mithril_core.logical.model import solve
 
 _DTYPE_NAMES = {
     np.dtype(name): name
@@ -99,19 +106,71 @@ class CBackend(Backend):
         inference: bool,
         file_path: str | None,
     ) -> Program:
+        from mithril_c._codegen import unresolved
+        from mithril_c._specialize import assumed, specialize
+
+        # compile restricts the trainable inputs to float tensors last: propagate it.
+        solve()
+        options = {
+            "grad_keys": grad_keys,
+            "differentiable_outputs": differentiable_outputs,
+            "inference": inference,
+        }
+        lazy = _Specializations(self, graph, lowerings, options, file_path)
+        program = lazy.program = Program(
+            forward=lazy.forward,
+            forward_backward=None if inference else lazy.forward_backward,
+            input_keys=tuple(graph.inputs),
+            output_keys=tuple(graph.outputs),
+            grad_keys=grad_keys,
+            differentiable_outputs=differentiable_outputs,
+        )
+        # Inputs that may hold several tensor kinds are compiled as floats (else ints);
+        # an array of another kind gets its own specialisation at evaluate.
+        kinds, ambiguous = assumed(graph)
+        known = tuple(k for k in kinds if k is not None)
+        specialised = graph
+        if ambiguous and len(known) == len(kinds):
+            specialised = specialize(graph, lazy.keys, known)
+        unknown = unresolved(specialised)
+        if not unknown:
+            lazy.default = self._runtime(specialised, lowerings, options, file_path)
+            lazy.ambiguous = [
+                (key, kinds, lazy.default.items[lazy.keys.index(key)][2].kind)
+                for key, kinds in ambiguous.items()
+            ]
+            program.source = lazy.default.plan.source
+            if not ambiguous:  # the runtime's own checks suffice: no wrapper
+                program.forward = lazy.default.forward
+                if not inference:
+                    program.forward_backward = lazy.default.forward_backward
+                return program
+        else:
+            program.source = (
+                "/* mithril_c: not generated yet. The shapes or dtypes of "
+                f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''} are "
+                "known only from the data: the C code is generated (and built) at the "
+                "first evaluate, once per set of input shapes and dtypes; this then "
+                "holds the latest. Give compile(shapes=...) to generate it at compile "
+                "time. */\n"
+            )
+            if file_path is not None:
+                _write(file_path, program.source)
+        return program
+
+    def _runtime(
+        self,
+        graph: Any,
+        lowerings: Mapping[str, Any],
+        options: Mapping[str, Any],
+        file_path: str | None,
+    ) -> Any:
         from mithril_c._build import build
         from mithril_c._codegen import generate
         from mithril_c._runtime import Runtime
 
         real = _REAL[self.dtype.name]
-        plan = generate(
-            graph,
-            dict(lowerings),
-            real=real,
-            grad_keys=grad_keys,
-            differentiable_outputs=differentiable_outputs,
-            inference=inference,
-        )
+        plan = generate(graph, dict(lowerings), real=real, **options)
         if file_path is not None:
             _write(file_path, plan.source)
         module, _ = build(
@@ -121,16 +180,7 @@ class CBackend(Backend):
             extra_cflags=self.extra_cflags,
             extra_ldflags=self.extra_ldflags,
         )
-        runtime = Runtime(module, plan, np.dtype(self.dtype.name))
-        return Program(
-            forward=runtime.forward,
-            forward_backward=None if inference else runtime.forward_backward,
-            input_keys=tuple(graph.inputs),
-            output_keys=tuple(graph.outputs),
-            grad_keys=grad_keys,
-            differentiable_outputs=differentiable_outputs,
-            source=plan.source,
-        )
+        return Runtime(module, plan, np.dtype(self.dtype.name))
 
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
         forward = program.forward
@@ -149,6 +199,85 @@ class CBackend(Backend):
             return forward_backward(inputs, output_gradients)
 
         return evaluate
+
+
+class _Specializations:
+    """Generates, builds and caches the C code per input signature (shapes and dtype
+    kinds) of a model whose shapes or dtypes are known only at evaluate."""
+
+    def __init__(
+        self,
+        backend: CBackend,
+        graph: Any,
+        lowerings: Mapping[str, Any],
+        options: Mapping[str, Any],
+        file_path: str | None,
+    ) -> None:
+        self.backend = backend
+        self.graph = graph
+        self.lowerings = lowerings
+        self.options = options
+        self.file_path = file_path
+        self.program: Program
+        self.keys = tuple(graph.inputs)
+        self.runtimes: dict[Any, Any] = {}
+        self.default: Any = None
+        # (key, the dtype kinds it takes, the kind the default runtime takes)
+        self.ambiguous: list[tuple[str, frozenset[str], str]] = []
+
+    def _other_kind(self, inputs: Mapping[str, Any]) -> bool:
+        """Whether an input of several possible kinds got an array of a kind other
+        than the default runtime's."""
+        for key, kinds, expected in self.ambiguous:
+            array = inputs.get(key)
+            if isinstance(array, np.ndarray):
+                kind = array.dtype.kind
+                if kind != expected and kind in kinds:
+                    return True
+        return False
+
+    def _runtime(self, inputs: Mapping[str, Any]) -> Any:
+        from mithril_c._specialize import signature, specialize
+
+        for key in self.keys:
+            if key not in inputs:
+                msg = f"{key}: missing input."
+                raise InputKeyError(msg)
+            if not isinstance(inputs[key], np.ndarray):
+                kind = type(inputs[key]).__name__
+                msg = f"{key}: expected a NumPy array for backend 'c', got {kind}."
+                raise DtypeError(msg)
+        sig = signature(self.keys, inputs)
+        runtime = self.runtimes.get(sig)
+        if runtime is None:
+            graph = specialize(self.graph, self.keys, sig)
+            runtime = self.backend._runtime(
+                graph, self.lowerings, self.options, self.file_path
+            )
+            self.runtimes[sig] = runtime
+        return self._show(runtime)
+
+    def _show(self, runtime: Any) -> Any:
+        """Make ``runtime``'s source the one ``pm.code`` (and ``file_path``) hold."""
+        if self.program.source is not runtime.plan.source:
+            self.program.source = runtime.plan.source
+            if self.file_path is not None:
+                _write(self.file_path, runtime.plan.source)
+        return runtime
+
+    def _select(self, inputs: Mapping[str, Any]) -> Any:
+        if self.default is not None and not self._other_kind(inputs):
+            return self._show(self.default)
+        return self._runtime(inputs)
+
+    def forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        return self._select(inputs).forward(inputs)  # type: ignore[no-any-return]
+
+    def forward_backward(
+        self, inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        runtime = self._select(inputs)
+        return runtime.forward_backward(inputs, output_gradients)  # type: ignore[no-any-return]
 
 
 def _write(file_path: str, source: str) -> None:

@@ -402,7 +402,7 @@ def test_mlp_matches_numpy_reference() -> None:
         np.testing.assert_allclose(grads[key], value, rtol=1e-10, atol=1e-12)
     # The weight transposes are gemm flags, not copies.
     assert "mc_gather" not in pm.code
-    forward, train, backward = pm.code.split(" void mc_")[1:]
+    forward, train, backward = pm.code.split(" int mc_")[1:]
     assert forward.count("mc_gemm(") == train.count("mc_gemm(") == 3
     assert backward.count("mc_gemm(") == 5  # no gradient for the data input
 
@@ -446,7 +446,7 @@ def test_elementwise_chain_is_one_loop() -> None:
     pm = ml.compile(
         chain(), ml.CBackend(dtype=ml.float64), shapes={"input": [1000]}, inference=True
     )
-    forward = pm.code.split("void mc_forward(")[1]
+    forward = pm.code.split("int mc_forward(")[1]
     assert forward.count("for (") == 1
     # Only the output is stored: intermediates stay in registers.
     assert forward.count("] = t") == 1
@@ -505,16 +505,108 @@ def test_compiler_error_names_file_and_message(monkeypatch: Any) -> None:
     assert "mc_no_such_function" in message
 
 
-def test_unknown_dims_are_a_compile_error() -> None:
-    with pytest.raises(CompileError, match="input"):
-        ml.compile(mlp(), ml.CBackend(), shapes={"input": [None, 3]})
+def test_unknown_dims_are_specialised_at_the_first_evaluate(tmp_path: Path) -> None:
+    from mithril_c import _build
+
+    target = tmp_path / "model.c"
+    backend = ml.CBackend(dtype=ml.float64)
+    pm = ml.compile(
+        mlp(),
+        backend,
+        shapes={"input": [None, 3]},
+        data_keys={"input"},
+        file_path=str(target),
+    )
+    assert "not generated yet" in pm.code and "input" in pm.code
+    assert target.read_text() == pm.code
+    params = pm.randomize_params(seed=2)
+    builds = _build.STATS.compiled + _build.STATS.cached
+    reference = ml.compile(
+        mlp(), ml.NumpyBackend(dtype=ml.float64), data_keys={"input"}
+    )
+    for batch in (5, 2, 5):
+        x, seed = randn(batch, 3), randn(batch, 4)
+        outputs, grads = pm.evaluate(params, {"input": x}, {"output": seed})
+        expected, expected_grads = reference.evaluate(
+            params, {"input": x}, {"output": seed}
+        )
+        np.testing.assert_allclose(outputs["output"], expected["output"], rtol=1e-12)
+        for key, value in expected_grads.items():
+            np.testing.assert_allclose(grads[key], value, rtol=1e-10, atol=1e-12)
+        assert "int mc_forward" in pm.code and f"[{batch * 4}]" not in pm.code
+        assert target.read_text() == pm.code
+    # One build per distinct batch size: the third call reuses the first's.
+    assert _build.STATS.compiled + _build.STATS.cached == builds + 2
+    with pytest.raises(ShapeError, match="input"):
+        pm.evaluate(params, {"input": randn(5, 4)})
 
 
-def test_non_float_ops_are_missing_lowerings() -> None:
+def test_broadcast_input_shape_from_the_data() -> None:
+    # c is broadcast against a [4, 5] product: its shape is known only at evaluate.
+    x, c = IOKey("x"), IOKey("c")
     model = Model()
-    model |= mm.Greater()(left=IOKey("a"), right=IOKey("b"), output=IOKey("output"))
-    with pytest.raises(MissingLoweringError, match="greater"):
-        ml.compile(model, ml.CBackend(), shapes={"a": [2], "b": [2]})
+    model |= mm.Buffer()(input=mm.Tanh()(x @ IOKey("w")) * c, output=IOKey("output"))
+    pm = ml.compile(
+        model, ml.CBackend(dtype=ml.float64), shapes={"x": [4, 3], "w": [3, 5]}
+    )
+    values = {"x": randn(4, 3), "w": randn(3, 5)}
+    for shape in ((4, 5), (5,), (1, 5)):
+        data = {**values, "c": randn(*shape)}
+        seed = randn(4, 5)
+        outputs, grads = pm.evaluate(data, output_gradients={"output": seed})
+        t = np.tanh(data["x"] @ data["w"])
+        np.testing.assert_allclose(outputs["output"], t * data["c"], rtol=1e-12)
+        np.testing.assert_allclose(
+            grads["c"],
+            (seed * t).reshape(-1, *shape).sum(0).reshape(shape)
+            if shape != (4, 5)
+            else seed * t,
+            rtol=1e-10,
+        )
+
+
+def test_comparisons_and_casts_are_typed() -> None:
+    model = Model()
+    a, b = IOKey("a"), IOKey("b")
+    model |= mm.Greater()(left=a, right=b, output=IOKey("greater"))
+    model |= mm.Cast(dtype="int32")(input=a, output=IOKey("truncated"))
+    pm = ml.compile(
+        model, ml.CBackend(), shapes={"a": [2, 3], "b": [3]}, data_keys={"a", "b"}
+    )
+    x, y = 3 * randn(2, 3).astype(np.float32), randn(3).astype(np.float32)
+    outputs = pm.evaluate({}, {"a": x, "b": y})
+    assert outputs["greater"].dtype == bool
+    np.testing.assert_array_equal(outputs["greater"], x > y)
+    assert outputs["truncated"].dtype == np.int32
+    np.testing.assert_array_equal(outputs["truncated"], x.astype(np.int32))
+    assert "int32_t" in pm.code and "unsigned char" in pm.code
+
+
+def test_an_untyped_input_takes_ints_too() -> None:
+    # Compiled for floats; an int array gets its own specialisation.
+    model = Model()
+    model |= mm.Multiply()(left=IOKey("a"), right=2, output=IOKey("output"))
+    pm = ml.compile(model, ml.CBackend(), shapes={"a": [3]}, data_keys={"a"})
+    assert "real t0" in pm.code
+    floats = pm.evaluate({}, {"a": np.array([1.5, 2, 3], np.float32)})["output"]
+    np.testing.assert_array_equal(floats, [3, 4, 6])
+    ints = pm.evaluate({}, {"a": np.array([1, -2, 3])})["output"]
+    assert ints.dtype == np.int64
+    np.testing.assert_array_equal(ints, [2, -4, 6])
+    assert "int64_t t0" in pm.code
+    with pytest.raises(DtypeError):
+        pm.evaluate({}, {"a": np.array([1.0, 2, 3])})  # float64 in a float32 model
+
+
+def test_unsupported_uses_are_missing_lowerings() -> None:
+    model = Model()
+    model |= mm.MatrixMultiply()(
+        left=IOKey("a", type=mm.Tensor[int]),
+        right=IOKey("b", type=mm.Tensor[int]),
+        output=IOKey("output"),
+    )
+    with pytest.raises(MissingLoweringError, match="matrix_multiply"):
+        ml.compile(model, ml.CBackend(), shapes={"a": [2, 2], "b": [2, 2]})
 
 
 def test_bad_inputs_raise() -> None:
@@ -645,3 +737,145 @@ def test_split_chunks_are_read_in_place() -> None:
     expected[:, :2] = seed * value[:, 4:]
     expected[:, 4:] = seed * value[:, :2]
     np.testing.assert_allclose(grads["x"], expected)
+
+
+def cnn() -> Model:
+    """conv -> relu -> max pool -> conv (groups, padding) -> avg pool -> adaptive avg
+    pool -> flatten -> linear -> per-sample cross entropy -> mean."""
+    model = Model()
+    model += mm.Convolution2D(out_channels=6, kernel_size=3, padding=1)(input="input")
+    model += mm.Relu()
+    model += mm.MaxPool2D(kernel_size=2)
+    model += mm.Convolution2D(out_channels=8, kernel_size=3, stride=2, groups=2)
+    model += mm.Sigmoid()
+    model += mm.AvgPool2D(kernel_size=2, stride=1, padding=1)
+    model += mm.AdaptiveAvgPool2D((2, 3))
+    model += mm.Flatten(start_dim=1)
+    model += Linear(5)(output="logits")
+    model |= mm.CrossEntropy()(input="logits", target=IOKey("target"), output="loss")
+    model |= mm.Mean()(input="loss", output=IOKey("output"))
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cnn_matches_numpy(dtype: str) -> None:
+    shapes = {"input": [4, 3, 12, 11]}
+    keys = {"input", "target"}
+    c = ml.compile(
+        cnn(), ml.CBackend(dtype=getattr(ml, dtype)), shapes=shapes, data_keys=keys
+    )
+    reference = ml.compile(
+        cnn(), ml.NumpyBackend(dtype=ml.float64), shapes=shapes, data_keys=keys
+    )
+    assert set(c.trainable_keys) == set(reference.trainable_keys)
+    assert len(c.trainable_keys) == 6  # both convolutions and the linear layer
+    params = reference.randomize_params(seed=3)
+    data = {"input": randn(4, 3, 12, 11), "target": np.array([0, 4, 2, 4])}
+    expected, expected_grads = reference.evaluate(
+        params, data, output_gradients={"output": np.array(1.0)}
+    )
+    cast = {k: v.astype(dtype) for k, v in params.items()}
+    outputs, grads = c.evaluate(
+        cast,
+        {"input": data["input"].astype(dtype), "target": data["target"]},
+        output_gradients={"output": np.array(1.0, dtype)},
+    )
+    tolerance = (
+        {"rtol": 1e-5, "atol": 1e-10}
+        if dtype == "float64"
+        else {"rtol": 1e-3, "atol": 1e-5}
+    )
+    np.testing.assert_allclose(outputs["output"], expected["output"], **tolerance)
+    assert set(grads) == set(expected_grads)
+    for key, value in expected_grads.items():
+        assert grads[key].dtype == np.dtype(dtype)
+        np.testing.assert_allclose(grads[key], value, **tolerance, err_msg=key)
+    for kernel in (
+        "mc_conv2d(",
+        "mc_max_pool2d(",
+        "mc_avg_pool2d(",
+        "mc_adaptive_avg_pool2d(",
+        "mc_cross_entropy(",
+    ):
+        assert kernel in c.code
+
+
+def test_index_out_of_range_raises_instead_of_crashing() -> None:
+    from mithril_c._runtime import KernelIndexError
+
+    model = Model()
+    model |= mm.Embedding()(
+        input=IOKey("index"), weight=IOKey("weight"), output=IOKey("output")
+    )
+    pm = ml.compile(
+        model, ml.CBackend(dtype=ml.float64), shapes={"index": [3], "weight": [4, 2]}
+    )
+    weight = randn(4, 2)
+    out = pm.evaluate({"weight": weight}, {"index": np.array([3, -1, 0])})["output"]
+    np.testing.assert_array_equal(out, weight[[3, -1, 0]])
+    for bad in ([4, 0, 0], [0, -5, 0]):
+        with pytest.raises(KernelIndexError, match="embedding index"):
+            pm.evaluate({"weight": weight}, {"index": np.array(bad)})
+    with pytest.raises(KernelIndexError):
+        pm.evaluate(
+            {"weight": weight},
+            {"index": np.array([9, 0, 0])},
+            output_gradients={"output": randn(3, 2)},
+        )
+
+
+def int_and_bool_ops() -> Model:
+    a = IOKey("a", type=mm.Tensor[int])
+    b = IOKey("b", type=mm.Tensor[int])
+    mask = IOKey("mask", type=mm.Tensor[bool])
+    x = IOKey("x", type=mm.Tensor[float])
+    outputs = {
+        "floor": a // b,
+        "power": mm.Power()(a, 3),
+        "minimum": mm.Minimum()(a, b),
+        "absolute": mm.Absolute()(a - b),
+        "sum_axis": a.sum(axis=0),
+        "max_all": mm.Max()(a),
+        "min_keepdim": mm.Min(axis=1, keepdim=True)(a),
+        "transposed": a.transpose(1, 0),
+        "row": a[1],
+        "joined": mm.Concat(axis=1)(input=[a, b]),
+        "mask_t": mask.transpose(1, 0),
+        "masked": mm.Where()(mask, a, b),
+        "not_or": mm.LogicalOr()(mm.LogicalNot()(mask), a > 0),
+        "arg_nan": mm.ArgMax(axis=1)(x),
+        "ratio": a / b,
+        "mean_bool": mm.Mean(axis=0)(mm.Cast(dtype="float64")(mask)),
+    }
+    model = Model()
+    for key, value in outputs.items():
+        model |= mm.Buffer()(input=value, output=IOKey(key))
+    return model
+
+
+def test_int_and_bool_tensors_match_numpy() -> None:
+    shapes = {"a": [3, 4], "b": [3, 4], "mask": [3, 4], "x": [2, 3]}
+    keys = set(shapes)
+    c = ml.compile(
+        int_and_bool_ops(), ml.CBackend(dtype=ml.float64), shapes=shapes, data_keys=keys
+    )
+    reference = ml.compile(
+        int_and_bool_ops(), ml.NumpyBackend(dtype=ml.float64), data_keys=keys
+    )
+    data = {
+        "a": np.array([[7, -7, 0, 5], [-3, 9, 2, -8], [1, 1, -1, 6]]),
+        "b": np.array([[2, 2, -3, -2], [4, -4, 1, 3], [-1, 5, 7, 2]]),
+        "mask": RNG.random((3, 4)) > 0.5,
+        "x": np.array([[1.0, np.nan, 3.0], [2.0, 5.0, 5.0]]),
+    }
+    got = c.evaluate({}, data)
+    expected = reference.evaluate({}, data)
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype, key
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    # int32 data is widened exactly; floats for an int input are an error.
+    widened = c.evaluate({}, {**data, "a": data["a"].astype(np.int32)})
+    np.testing.assert_array_equal(widened["floor"], expected["floor"])
+    with pytest.raises(DtypeError):
+        c.evaluate({}, {**data, "a": data["a"].astype(np.float64)})

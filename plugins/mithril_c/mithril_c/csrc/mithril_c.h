@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #ifndef MC_REAL
@@ -113,6 +114,33 @@ static inline real mc_pick(int left_wins, real a, real b) {
 static inline real mc_log_positive(real x) { return x > 0 ? MC_LOG(x) : 0; }
 static inline real mc_power_base_grad(real b, real e) { return e * MC_POW(b, e - 1); }
 
+/* -- integer scalar helpers (NumPy semantics, no signed overflow) ------------------ */
+static inline int64_t mc_abs_int(int64_t a) {
+    return a < 0 ? (int64_t)(0 - (uint64_t)a) : a;
+}
+/* Floor division; x // 0 is 0, as NumPy gives (with a warning). */
+static inline int64_t mc_floor_divide_int(int64_t a, int64_t b) {
+    if (b == 0) return 0;
+    if (b == -1) return (int64_t)(0 - (uint64_t)a);
+    int64_t q = a / b;
+    return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+/* Wrapping integer power; negative exponents give 0 unless the base is 1 or -1. */
+static inline int64_t mc_power_int(int64_t base, int64_t exponent) {
+    if (exponent < 0) {
+        if (base == 1) return 1;
+        if (base == -1) return (exponent & 1) ? -1 : 1;
+        return 0;
+    }
+    uint64_t result = 1, b = (uint64_t)base;
+    while (exponent) {
+        if (exponent & 1) result *= b;
+        b *= b;
+        exponent >>= 1;
+    }
+    return (int64_t)result;
+}
+
 #define MC_SQRT1_2 0.70710678118654752440
 #define MC_INV_SQRT_2PI 0.39894228040143267794
 #define MC_SQRT_2_OVER_PI 0.79788456080286535588
@@ -167,5 +195,82 @@ void mc_gather(real *out, const real *in, int ndim, const long *shape,
                const long *strides, int accumulate);
 void mc_scatter(real *out, const real *in, int ndim, const long *shape,
                 const long *strides, int accumulate);
+/* The same for elements of ``size`` bytes (int and bool tensors): copies only. */
+void mc_gather_bytes(void *out, const void *in, int size, int ndim, const long *shape,
+                     const long *strides);
+void mc_scatter_bytes(void *out, const void *in, int size, int ndim, const long *shape,
+                      const long *strides);
+
+/* -- nn.c: convolution, pooling, embedding, padding, attention, dropout ----------- */
+/* Convolution of x [n, c, h, w] with w [f, c / groups, kh, kw] into y [n, f, oh, ow]
+ * (1-d: h = kh = oh = 1). ``d`` holds n, c, h, w, f, kh, kw, oh, ow, stride_h,
+ * stride_w, pad_top, pad_left, dilation_h, dilation_w, groups; ``col`` is scratch of
+ * (c / groups) * kh * kw * oh * ow. The VJP writes gx and/or gw (NULL: not needed). */
+void mc_conv2d(real *y, const real *x, const real *w, const long *d, real *col);
+void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x, const real *w,
+                   const long *d, real *col, int accumulate_x, int accumulate_w);
+/* Pooling over [n * c] planes; ``d`` holds planes, h, w, oh, ow, kh, kw, stride_h,
+ * stride_w, pad_h, pad_w, dilation_h, dilation_w. Max pooling's gradient goes to the
+ * first maximum of each window; average pooling counts padding (count_include_pad). */
+void mc_max_pool2d(real *y, const real *x, const long *d);
+void mc_max_pool2d_vjp(real *gx, const real *g, const real *x, const long *d,
+                       int accumulate);
+void mc_avg_pool2d(real *y, const real *x, const long *d);
+void mc_avg_pool2d_vjp(real *gx, const real *g, const long *d, int accumulate);
+void mc_adaptive_avg_pool2d(real *y, const real *x, long planes, long h, long w,
+                            long oh, long ow);
+void mc_adaptive_avg_pool2d_vjp(real *gx, const real *g, long planes, long h, long w,
+                                long oh, long ow, int accumulate);
+/* Rows of w [rows, dim] at ``count`` indices of ``index_size`` bytes (negative ones
+ * count from the end, as NumPy); non-zero when an index is out of range. */
+int mc_embedding(real *y, const void *index, int index_size, const real *w, long count,
+                 long rows, long dim);
+int mc_embedding_vjp(real *gw, const real *g, const void *index, int index_size,
+                     long count, long rows, long dim, int accumulate);
+/* Padding of an ndim array: mode 0 constant (``value``), 1 reflect, 2 edge. */
+void mc_pad(real *y, const real *x, int ndim, const long *in_shape,
+            const long *out_shape, const long *before, int mode, real value);
+void mc_pad_vjp(real *gx, const real *g, int ndim, const long *in_shape,
+                const long *out_shape, const long *before, int mode, int accumulate);
+/* Attention of one batch entry: p = softmax(q k^T * scale [+ mask]) [lq, lk],
+ * o = p v. ``mask`` is NULL, bool (mask_kind 1) or real (2), read at
+ * mask[i * mask_rs + j * mask_cs]; a fully masked row gives zeros. The VJP needs p
+ * and a [lq, lk] scratch ``dp``; gq, gk, gv and gmask (a real mask's gradient, always
+ * added) may be NULL. */
+void mc_sdp(real *o, real *p, const real *q, const real *k, const real *v,
+            const void *mask, int mask_kind, long mask_rs, long mask_cs, long lq,
+            long lk, long e, long ev, real scale, int causal);
+void mc_sdp_vjp(real *gq, real *gk, real *gv, real *gmask, const real *g,
+                const real *p, const real *q, const real *k, const real *v, real *dp,
+                long mask_rs, long mask_cs, long lq, long lk, long e, long ev,
+                real scale, int accumulate_q, int accumulate_k, int accumulate_v);
+/* Dropout with drop probability p; ``state`` is the generator (0: not seeded yet,
+ * seeded from ``seed``). The VJP keeps the gradient where y != 0 or x == 0. */
+void mc_dropout(real *y, const real *x, long n, real p, uint64_t *state,
+                uint64_t seed);
+void mc_dropout_vjp(real *gx, const real *g, const real *y, const real *x, long n,
+                    real p, int accumulate);
+
+/* -- loss.c ------------------------------------------------------------------------ */
+/* Cross entropy over the class axis of an [outer, n, inner] input with
+ * ``input_type`` 0 logits, 1 probs, 2 log_probs. Categorical targets [outer, inner]
+ * of ``target_size``-byte ints (non-zero return: a class out of range); soft targets
+ * shaped as the input. */
+int mc_cross_entropy(real *y, const real *x, const void *target, int target_size,
+                     long outer, long n, long inner, int input_type);
+int mc_cross_entropy_vjp(real *gx, const real *g, const real *x, const void *target,
+                         int target_size, long outer, long n, long inner,
+                         int input_type, int accumulate);
+void mc_cross_entropy_soft(real *y, const real *x, const real *t, long outer, long n,
+                           long inner, int input_type);
+void mc_cross_entropy_soft_vjp(real *gx, real *gt, const real *g, const real *x,
+                               const real *t, long outer, long n, long inner,
+                               int input_type, int accumulate_x, int accumulate_t);
+/* Element-wise binary cross entropy, ``logits`` 0 (probabilities, logs clamped at
+ * -100) or 1. */
+void mc_binary_cross_entropy(real *y, const real *x, const real *t, long n, int logits);
+void mc_binary_cross_entropy_vjp(real *gx, real *gt, const real *g, const real *x,
+                                 const real *t, long n, int logits, int accumulate_x,
+                                 int accumulate_t);
 
 #endif

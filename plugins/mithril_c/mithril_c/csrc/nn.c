@@ -66,3 +66,441 @@ MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long
         }
     }
 }
+
+/* -- convolution: im2col + gemm per image and group --------------------------------- */
+
+/* Columns [c * kh * kw, oh * ow] of one image's channel block (zero where padded). */
+static void mc_im2col(real *col, const real *x, long c, long h, long w, long kh,
+                      long kw, long oh, long ow, long sh, long sw, long ph, long pw,
+                      long dh, long dw) {
+    for (long ci = 0; ci < c; ++ci) {
+        const real *plane = x + ci * h * w;
+        for (long i = 0; i < kh; ++i) {
+            for (long j = 0; j < kw; ++j) {
+                real *row = col + ((ci * kh + i) * kw + j) * oh * ow;
+                long x0 = j * dw - pw;
+                /* Output columns whose input column x0 + ox * sw is inside [0, w). */
+                long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
+                long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
+                if (hi > ow) hi = ow;
+                if (lo > hi) lo = hi;
+                for (long oy = 0; oy < oh; ++oy) {
+                    long y = oy * sh - ph + i * dh;
+                    real *dst = row + oy * ow;
+                    if (y < 0 || y >= h) {
+                        for (long ox = 0; ox < ow; ++ox) dst[ox] = 0;
+                        continue;
+                    }
+                    const real *src = plane + y * w + x0;
+                    for (long ox = 0; ox < lo; ++ox) dst[ox] = 0;
+                    if (sw == 1)
+                        for (long ox = lo; ox < hi; ++ox) dst[ox] = src[ox];
+                    else
+                        for (long ox = lo; ox < hi; ++ox) dst[ox] = src[ox * sw];
+                    for (long ox = hi; ox < ow; ++ox) dst[ox] = 0;
+                }
+            }
+        }
+    }
+}
+
+/* Adjoint of mc_im2col: add the columns back into the image (padding dropped). */
+static void mc_col2im(real *x, const real *col, long c, long h, long w, long kh, long kw,
+                      long oh, long ow, long sh, long sw, long ph, long pw, long dh,
+                      long dw) {
+    for (long ci = 0; ci < c; ++ci) {
+        real *plane = x + ci * h * w;
+        for (long i = 0; i < kh; ++i) {
+            for (long j = 0; j < kw; ++j) {
+                const real *row = col + ((ci * kh + i) * kw + j) * oh * ow;
+                long x0 = j * dw - pw;
+                long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
+                long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
+                if (hi > ow) hi = ow;
+                if (lo > hi) lo = hi;
+                for (long oy = 0; oy < oh; ++oy) {
+                    long y = oy * sh - ph + i * dh;
+                    if (y < 0 || y >= h) continue;
+                    const real *src = row + oy * ow;
+                    real *dst = plane + y * w + x0;
+                    for (long ox = lo; ox < hi; ++ox) dst[ox * sw] += src[ox];
+                }
+            }
+        }
+    }
+}
+
+/* A 1x1, stride-1, unpadded convolution reads the image itself as its columns. */
+static int mc_conv_is_pointwise(const long *d) {
+    return d[5] == 1 && d[6] == 1 && d[9] == 1 && d[10] == 1 && d[11] == 0 &&
+           d[12] == 0 && d[2] == d[7] && d[3] == d[8];
+}
+
+MC_DISPATCH void mc_conv2d(real *y, const real *x, const real *w, const long *d,
+                           real *col) {
+    long n = d[0], c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];
+    long oh = d[7], ow = d[8], groups = d[15];
+    long cg = c / groups, fg = f / groups, k = cg * kh * kw, p = oh * ow;
+    int pointwise = mc_conv_is_pointwise(d);
+    for (long b = 0; b < n; ++b) {
+        for (long g = 0; g < groups; ++g) {
+            const real *image = x + (b * c + g * cg) * h * wd;
+            const real *cols = image;
+            if (!pointwise) {
+                mc_im2col(col, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11],
+                          d[12], d[13], d[14]);
+                cols = col;
+            }
+            mc_gemm(0, 0, fg, p, k, w + g * fg * k, k, cols, p, 0,
+                    y + (b * f + g * fg) * p, p);
+        }
+    }
+}
+
+MC_DISPATCH void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x,
+                               const real *w, const long *d, real *col,
+                               int accumulate_x, int accumulate_w) {
+    long n = d[0], c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];
+    long oh = d[7], ow = d[8], groups = d[15];
+    long cg = c / groups, fg = f / groups, k = cg * kh * kw, p = oh * ow;
+    int pointwise = mc_conv_is_pointwise(d);
+    if (gx && !accumulate_x && !pointwise) mc_fill(gx, n * c * h * wd, 0);
+    for (long b = 0; b < n; ++b) {
+        for (long grp = 0; grp < groups; ++grp) {
+            const real *image = x + (b * c + grp * cg) * h * wd;
+            const real *gout = g + (b * f + grp * fg) * p;
+            const real *wg = w + grp * fg * k;
+            if (gw) {
+                const real *cols = image;
+                if (!pointwise) {
+                    mc_im2col(col, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10],
+                              d[11], d[12], d[13], d[14]);
+                    cols = col;
+                }
+                real beta = (b > 0 || accumulate_w) ? 1 : 0;
+                mc_gemm(0, 1, fg, k, p, gout, p, cols, p, beta, gw + grp * fg * k, k);
+            }
+            if (gx) {
+                real *target = gx + (b * c + grp * cg) * h * wd;
+                if (pointwise) {
+                    mc_gemm(1, 0, k, p, fg, wg, k, gout, p, accumulate_x ? 1 : 0,
+                            target, p);
+                    continue;
+                }
+                mc_gemm(1, 0, k, p, fg, wg, k, gout, p, 0, col, p);
+                mc_col2im(target, col, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11],
+                          d[12], d[13], d[14]);
+            }
+        }
+    }
+}
+
+/* -- pooling ------------------------------------------------------------------------ */
+
+/* d: planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw. The first maximum of the
+ * window (row-major; NaN wins), or -1 if the window is all padding. */
+static long mc_window_max(const real *plane, const long *d, long oy, long ox,
+                          real *best) {
+    long h = d[1], w = d[2], kh = d[5], kw = d[6];
+    long at = -1;
+    real top = -INFINITY;
+    for (long i = 0; i < kh; ++i) {
+        long y = oy * d[7] - d[9] + i * d[11];
+        if (y < 0 || y >= h) continue;
+        for (long j = 0; j < kw; ++j) {
+            long x = ox * d[8] - d[10] + j * d[12];
+            if (x < 0 || x >= w) continue;
+            real v = plane[y * w + x];
+            if (at < 0 || v > top || (v != v && top == top)) {
+                top = v;
+                at = y * w + x;
+            }
+        }
+    }
+    *best = top;
+    return at;
+}
+
+MC_DISPATCH void mc_max_pool2d(real *y, const real *x, const long *d) {
+    long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4];
+    for (long p = 0; p < planes; ++p) {
+        const real *plane = x + p * h * w;
+        real *out = y + p * oh * ow;
+        for (long oy = 0; oy < oh; ++oy)
+            for (long ox = 0; ox < ow; ++ox) mc_window_max(plane, d, oy, ox, out + oy * ow + ox);
+    }
+}
+
+MC_DISPATCH void mc_max_pool2d_vjp(real *gx, const real *g, const real *x, const long *d,
+                                   int accumulate) {
+    long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4];
+    if (!accumulate) mc_fill(gx, planes * h * w, 0);
+    for (long p = 0; p < planes; ++p) {
+        const real *plane = x + p * h * w;
+        for (long oy = 0; oy < oh; ++oy) {
+            for (long ox = 0; ox < ow; ++ox) {
+                real top;
+                long at = mc_window_max(plane, d, oy, ox, &top);
+                if (at >= 0) gx[p * h * w + at] += g[(p * oh + oy) * ow + ox];
+            }
+        }
+    }
+}
+
+MC_DISPATCH void mc_avg_pool2d(real *y, const real *x, const long *d) {
+    long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4], kh = d[5], kw = d[6];
+    real scale = (real)1 / (real)(kh * kw);
+    for (long p = 0; p < planes; ++p) {
+        const real *plane = x + p * h * w;
+        for (long oy = 0; oy < oh; ++oy) {
+            for (long ox = 0; ox < ow; ++ox) {
+                real total = 0;
+                for (long i = 0; i < kh; ++i) {
+                    long yy = oy * d[7] - d[9] + i;
+                    if (yy < 0 || yy >= h) continue;
+                    for (long j = 0; j < kw; ++j) {
+                        long xx = ox * d[8] - d[10] + j;
+                        if (xx >= 0 && xx < w) total += plane[yy * w + xx];
+                    }
+                }
+                y[(p * oh + oy) * ow + ox] = total * scale;
+            }
+        }
+    }
+}
+
+MC_DISPATCH void mc_avg_pool2d_vjp(real *gx, const real *g, const long *d,
+                                   int accumulate) {
+    long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4], kh = d[5], kw = d[6];
+    real scale = (real)1 / (real)(kh * kw);
+    if (!accumulate) mc_fill(gx, planes * h * w, 0);
+    for (long p = 0; p < planes; ++p) {
+        real *plane = gx + p * h * w;
+        for (long oy = 0; oy < oh; ++oy) {
+            for (long ox = 0; ox < ow; ++ox) {
+                real share = g[(p * oh + oy) * ow + ox] * scale;
+                for (long i = 0; i < kh; ++i) {
+                    long yy = oy * d[7] - d[9] + i;
+                    if (yy < 0 || yy >= h) continue;
+                    for (long j = 0; j < kw; ++j) {
+                        long xx = ox * d[8] - d[10] + j;
+                        if (xx >= 0 && xx < w) plane[yy * w + xx] += share;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* PyTorch's cells: [i * n / out, ceil((i + 1) * n / out)). */
+static long mc_cell_start(long i, long n, long out) { return i * n / out; }
+static long mc_cell_end(long i, long n, long out) { return ((i + 1) * n + out - 1) / out; }
+
+MC_DISPATCH void mc_adaptive_avg_pool2d(real *y, const real *x, long planes, long h,
+                                        long w, long oh, long ow) {
+    for (long p = 0; p < planes; ++p) {
+        const real *plane = x + p * h * w;
+        for (long oy = 0; oy < oh; ++oy) {
+            long y0 = mc_cell_start(oy, h, oh), y1 = mc_cell_end(oy, h, oh);
+            for (long ox = 0; ox < ow; ++ox) {
+                long x0 = mc_cell_start(ox, w, ow), x1 = mc_cell_end(ox, w, ow);
+                real total = 0;
+                for (long i = y0; i < y1; ++i)
+                    for (long j = x0; j < x1; ++j) total += plane[i * w + j];
+                y[(p * oh + oy) * ow + ox] = total / (real)((y1 - y0) * (x1 - x0));
+            }
+        }
+    }
+}
+
+MC_DISPATCH void mc_adaptive_avg_pool2d_vjp(real *gx, const real *g, long planes, long h,
+                                            long w, long oh, long ow, int accumulate) {
+    if (!accumulate) mc_fill(gx, planes * h * w, 0);
+    for (long p = 0; p < planes; ++p) {
+        real *plane = gx + p * h * w;
+        for (long oy = 0; oy < oh; ++oy) {
+            long y0 = mc_cell_start(oy, h, oh), y1 = mc_cell_end(oy, h, oh);
+            for (long ox = 0; ox < ow; ++ox) {
+                long x0 = mc_cell_start(ox, w, ow), x1 = mc_cell_end(ox, w, ow);
+                real share = g[(p * oh + oy) * ow + ox] / (real)((y1 - y0) * (x1 - x0));
+                for (long i = y0; i < y1; ++i)
+                    for (long j = x0; j < x1; ++j) plane[i * w + j] += share;
+            }
+        }
+    }
+}
+
+/* -- embedding ---------------------------------------------------------------------- */
+
+static long mc_load_index(const void *index, int size, long i) {
+    switch (size) {
+    case 1: return (long)((const uint8_t *)index)[i];
+    case 2: return (long)((const int16_t *)index)[i];
+    case 4: return (long)((const int32_t *)index)[i];
+    default: return (long)((const int64_t *)index)[i];
+    }
+}
+
+/* The row of index i, or -1 when it is out of range. */
+static long mc_row(const void *index, int size, long i, long rows) {
+    long r = mc_load_index(index, size, i);
+    if (r < 0) r += rows;
+    return (r < 0 || r >= rows) ? -1 : r;
+}
+
+int mc_embedding(real *y, const void *index, int index_size, const real *w, long count,
+                 long rows, long dim) {
+    for (long i = 0; i < count; ++i) {
+        long r = mc_row(index, index_size, i, rows);
+        if (r < 0) return 1;
+        memcpy(y + i * dim, w + r * dim, (size_t)dim * sizeof(real));
+    }
+    return 0;
+}
+
+int mc_embedding_vjp(real *gw, const real *g, const void *index, int index_size,
+                     long count, long rows, long dim, int accumulate) {
+    if (!accumulate) mc_fill(gw, rows * dim, 0);
+    for (long i = 0; i < count; ++i) {
+        long r = mc_row(index, index_size, i, rows);
+        if (r < 0) return 1;
+        for (long k = 0; k < dim; ++k) gw[r * dim + k] += g[i * dim + k];
+    }
+    return 0;
+}
+
+/* -- padding ------------------------------------------------------------------------ */
+
+/* Source index along one axis of size n for padded position i (-1: the constant). */
+static long mc_pad_source(long i, long n, int mode) {
+    if (i >= 0 && i < n) return i;
+    if (mode == 0) return -1;
+    if (mode == 2) return i < 0 ? 0 : n - 1;
+    long period = 2 * (n - 1);
+    if (period == 0) return 0;
+    long j = (i < 0 ? -i : i) % period;
+    return j >= n ? period - j : j;
+}
+
+/* Calls ROW(source offset or -1, output offset) for each output element. */
+#define MC_PAD_WALK(ROW)                                                      \
+    do {                                                                      \
+        long index[32] = {0};                                                 \
+        long total = 1;                                                       \
+        for (int d = 0; d < ndim; ++d) total *= out_shape[d];                 \
+        for (long o = 0; o < total; ++o) {                                    \
+            long src = 0;                                                     \
+            for (int d = 0; d < ndim; ++d) {                                  \
+                long s = mc_pad_source(index[d] - before[d], in_shape[d], mode); \
+                if (s < 0) { src = -1; break; }                               \
+                src = src * in_shape[d] + s;                                  \
+            }                                                                 \
+            ROW;                                                              \
+            for (int d = ndim - 1; d >= 0; --d) {                             \
+                if (++index[d] < out_shape[d]) break;                         \
+                index[d] = 0;                                                 \
+            }                                                                 \
+        }                                                                     \
+    } while (0)
+
+MC_DISPATCH void mc_pad(real *y, const real *x, int ndim, const long *in_shape,
+                        const long *out_shape, const long *before, int mode, real value) {
+    MC_PAD_WALK(y[o] = src < 0 ? value : x[src]);
+}
+
+MC_DISPATCH void mc_pad_vjp(real *gx, const real *g, int ndim, const long *in_shape,
+                            const long *out_shape, const long *before, int mode,
+                            int accumulate) {
+    if (!accumulate) {
+        long n = 1;
+        for (int d = 0; d < ndim; ++d) n *= in_shape[d];
+        mc_fill(gx, n, 0);
+    }
+    MC_PAD_WALK(if (src >= 0) gx[src] += g[o]);
+}
+
+/* -- scaled dot product attention --------------------------------------------------- */
+
+MC_DISPATCH void mc_sdp(real *o, real *p, const real *q, const real *k, const real *v,
+                        const void *mask, int mask_kind, long mask_rs, long mask_cs,
+                        long lq, long lk, long e, long ev, real scale, int causal) {
+    mc_gemm(0, 1, lq, lk, e, q, e, k, e, 0, p, lk);
+    for (long i = 0; i < lq; ++i) {
+        real *row = p + i * lk;
+        real top = -INFINITY;
+        for (long j = 0; j < lk; ++j) {
+            real s = row[j] * scale;
+            if (causal && j > i) s = -INFINITY;
+            if (mask_kind == 1 && !((const unsigned char *)mask)[i * mask_rs + j * mask_cs])
+                s = -INFINITY;
+            else if (mask_kind == 2)
+                s += ((const real *)mask)[i * mask_rs + j * mask_cs];
+            row[j] = s;
+            top = s > top ? s : top;
+        }
+        if (top == -INFINITY) { /* every key masked: zeros, as PyTorch */
+            for (long j = 0; j < lk; ++j) row[j] = 0;
+            continue;
+        }
+        real total = 0;
+        for (long j = 0; j < lk; ++j) {
+            real ex = MC_EXP(row[j] - top);
+            row[j] = ex;
+            total += ex;
+        }
+        for (long j = 0; j < lk; ++j) row[j] /= total;
+    }
+    mc_gemm(0, 0, lq, ev, lk, p, lk, v, ev, 0, o, ev);
+}
+
+MC_DISPATCH void mc_sdp_vjp(real *gq, real *gk, real *gv, real *gmask, const real *g,
+                            const real *p, const real *q, const real *k, const real *v,
+                            real *dp, long mask_rs, long mask_cs, long lq, long lk,
+                            long e, long ev, real scale, int accumulate_q,
+                            int accumulate_k, int accumulate_v) {
+    /* In the order q, k, v: when they are one tensor, the first gradient assigns and
+     * the later ones add (the code generator hands out the flags in this order). */
+    if (gq || gk || gmask) {
+        mc_gemm(0, 1, lq, lk, ev, g, ev, v, ev, 0, dp, lk);
+        for (long i = 0; i < lq; ++i) {
+            const real *pr = p + i * lk;
+            real *dr = dp + i * lk;
+            real dot = 0;
+            for (long j = 0; j < lk; ++j) dot += dr[j] * pr[j];
+            for (long j = 0; j < lk; ++j) {
+                real ds = pr[j] * (dr[j] - dot);
+                if (gmask) gmask[i * mask_rs + j * mask_cs] += ds;
+                dr[j] = ds * scale;
+            }
+        }
+        if (gq) mc_gemm(0, 0, lq, e, lk, dp, lk, k, e, accumulate_q ? 1 : 0, gq, e);
+        if (gk) mc_gemm(1, 0, lk, e, lq, dp, lk, q, e, accumulate_k ? 1 : 0, gk, e);
+    }
+    if (gv) mc_gemm(1, 0, lk, ev, lq, p, lk, g, ev, accumulate_v ? 1 : 0, gv, ev);
+}
+
+/* -- dropout ------------------------------------------------------------------------ */
+
+/* splitmix64: a small, fast generator with a 64-bit state. */
+static uint64_t mc_next(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+void mc_dropout(real *y, const real *x, long n, real p, uint64_t *state, uint64_t seed) {
+    if (*state == 0) *state = seed;
+    for (long i = 0; i < n; ++i) {
+        double u = (double)(mc_next(state) >> 11) * (1.0 / 9007199254740992.0);
+        y[i] = u >= (double)p ? x[i] / (1 - p) : 0;
+    }
+}
+
+MC_DISPATCH void mc_dropout_vjp(real *gx, const real *g, const real *y, const real *x,
+                                long n, real p, int accumulate) {
+    for (long i = 0; i < n; ++i) {
+        real value = (y[i] != 0 || x[i] == 0) ? g[i] / (1 - p) : 0;
+        gx[i] = accumulate ? gx[i] + value : value;
+    }
+}

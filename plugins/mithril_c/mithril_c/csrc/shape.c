@@ -53,3 +53,30 @@ MC_DISPATCH void mc_scatter(real *out, const real *in, int ndim, const long *sha
             for (long i = 0; i < inner; ++i) dst[i * step] = src[i];
     });
 }
+
+/* Element copies of 1, 2, 4 or 8 bytes (int and bool tensors). */
+#define MC_BYTES_CASES(BODY)                                         \
+    switch (size) {                                                  \
+    case 1: { typedef uint8_t item; BODY; break; }                   \
+    case 2: { typedef uint16_t item; BODY; break; }                  \
+    case 4: { typedef uint32_t item; BODY; break; }                  \
+    default: { typedef uint64_t item; BODY; break; }                 \
+    }
+
+void mc_gather_bytes(void *out, const void *in, int size, int ndim, const long *shape,
+                     const long *strides) {
+    MC_BYTES_CASES(MC_WALK(ndim, shape, strides, {
+        const item *src = (const item *)in + view;
+        item *dst = (item *)out + flat;
+        for (long i = 0; i < inner; ++i) dst[i] = src[i * step];
+    }));
+}
+
+void mc_scatter_bytes(void *out, const void *in, int size, int ndim, const long *shape,
+                      const long *strides) {
+    MC_BYTES_CASES(MC_WALK(ndim, shape, strides, {
+        item *dst = (item *)out + view;
+        const item *src = (const item *)in + flat;
+        for (long i = 0; i < inner; ++i) dst[i * step] = src[i];
+    }));
+}

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mithril_c.lowerings import elementwise, linalg, nn, reduction, shape
+from mithril_c.lowerings import elementwise, linalg, loss, nn, reduction, shape
 from mithril_c.lowerings._types import CLowering
 
 
@@ -24,6 +24,7 @@ LOWERINGS = _merge(
     shape.LOWERINGS,
     linalg.LOWERINGS,
     nn.LOWERINGS,
+    loss.LOWERINGS,
 )
 
 __all__ = ["LOWERINGS"]

@@ -2,7 +2,8 @@
 
 ``{0}``, ``{1}`` ... are the inputs (array elements, fused temporaries or literals),
 ``{y}`` the output element and ``{g}`` its gradient. The forward is one expression; the
-VJP is one expression per input (``None``: no gradient).
+VJP is one expression per input (``None``: no gradient). Options (third element, see
+:mod:`mithril_c.lowerings._types`) give int/bool variants and raw operands.
 """
 
 from __future__ import annotations
@@ -13,27 +14,42 @@ _PICK_MAX = "{g} * mc_pick({0} > {1}, {0}, {1})"
 _PICK_MAX_RIGHT = "{g} * mc_pick({1} > {0}, {1}, {0})"
 _PICK_MIN = "{g} * mc_pick({0} < {1}, {0}, {1})"
 _PICK_MIN_RIGHT = "{g} * mc_pick({1} < {0}, {1}, {0})"
+_NO_GRAD = (None, None)
+_TRUTH = {"raw": (0, 1)}
 
 LOWERINGS: dict[str, CLowering] = {
     "add": ("({0} + {1})", ("{g}", "{g}")),
     "subtract": ("({0} - {1})", ("{g}", "(-{g})")),
     "multiply": ("({0} * {1})", ("{g} * {1}", "{g} * {0}")),
     "divide": ("({0} / {1})", ("{g} / {1}", "-{g} * {y} / {1}")),
-    "floor_divide": ("MC_FLOOR({0} / {1})", (None, None)),
+    "floor_divide": (
+        "MC_FLOOR({0} / {1})",
+        _NO_GRAD,
+        {"int": "mc_floor_divide_int({0}, {1})"},
+    ),
     "power": (
         "MC_POW({0}, {1})",
         ("{g} * mc_power_base_grad({0}, {1})", "{g} * {y} * mc_log_positive({0})"),
+        {"int": "mc_power_int({0}, {1})"},
     ),
-    "minimum": ("mc_min2({0}, {1})", (_PICK_MIN, _PICK_MIN_RIGHT)),
-    "maximum": ("mc_max2({0}, {1})", (_PICK_MAX, _PICK_MAX_RIGHT)),
+    "minimum": (
+        "mc_min2({0}, {1})",
+        (_PICK_MIN, _PICK_MIN_RIGHT),
+        {"int": "({0} < {1} ? {0} : {1})"},
+    ),
+    "maximum": (
+        "mc_max2({0}, {1})",
+        (_PICK_MAX, _PICK_MAX_RIGHT),
+        {"int": "({0} > {1} ? {0} : {1})"},
+    ),
     "negate": ("(-{0})", ("(-{g})",)),
-    "absolute": ("MC_FABS({0})", ("{g} * mc_sign({0})",)),
+    "absolute": ("MC_FABS({0})", ("{g} * mc_sign({0})",), {"int": "mc_abs_int({0})"}),
     "exponential": ("MC_EXP({0})", ("{g} * {y}",)),
     "log": ("MC_LOG({0})", ("{g} / {0}",)),
     "sqrt": ("MC_SQRT({0})", ("(real)0.5 * {g} / {y}",)),
     "sine": ("MC_SIN({0})", ("{g} * MC_COS({0})",)),
     "cosine": ("MC_COS({0})", ("-{g} * MC_SIN({0})",)),
-    "relu": ("mc_relu({0})", ("({y} > 0 ? {g} : 0)",)),
+    "relu": ("mc_relu({0})", ("({y} > 0 ? {g} : 0)",), {"int": "({0} > 0 ? {0} : 0)"}),
     "sigmoid": ("mc_sigmoid({0})", ("{g} * {y} * (1 - {y})",)),
     "tanh": ("MC_TANH({0})", ("{g} * (1 - {y} * {y})",)),
     "softplus": ("mc_softplus({0})", ("{g} * mc_sigmoid({0})",)),
@@ -44,5 +60,22 @@ LOWERINGS: dict[str, CLowering] = {
     ),
     "gelu": ("mc_gelu({0}, {1})", ("{g} * mc_gelu_grad({0}, {1})", None)),
     "stop_gradient": ("{0}", (None,)),
-    "where": ("({0} ? {1} : {2})", (None, "({0} ? {g} : 0)", "({0} ? 0 : {g})")),
+    "where": (
+        "({0} ? {1} : {2})",
+        (None, "({0} ? {g} : 0)", "({0} ? 0 : {g})"),
+        {"raw": (0,)},
+    ),
+    # The assignment to the output's C type converts (C truncates toward zero, as
+    # NumPy's astype); bools are "not zero".
+    "cast": ("{0}", ("{g}", None), {"raw": (0,), "bool": "({0} != 0)"}),
+    "greater": ("({0} > {1})", _NO_GRAD),
+    "greater_equal": ("({0} >= {1})", _NO_GRAD),
+    "less": ("({0} < {1})", _NO_GRAD),
+    "less_equal": ("({0} <= {1})", _NO_GRAD),
+    "equal": ("({0} == {1})", _NO_GRAD),
+    "not_equal": ("({0} != {1})", _NO_GRAD),
+    "logical_and": ("({0} && {1})", _NO_GRAD, _TRUTH),
+    "logical_or": ("({0} || {1})", _NO_GRAD, _TRUTH),
+    "logical_xor": ("(!{0} != !{1})", _NO_GRAD, _TRUTH),
+    "logical_not": ("(!{0})", (None,), {"raw": (0,)}),
 }

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from mithril_c._codegen import Emitter
-from mithril_c.lowerings._types import CLowering
-from mithril_core.physical.flat import Node
+import numpy as np
+
+from mithril_c._codegen import (
+    Emitter,
+    broadcast_strides,
+    contiguous_strides,
+    loop_nest,
+)
+from mithril_c.lowerings._types import CLowering, dtypes
+from mithril_core.errors import CompileError
+from mithril_core.physical.flat import Node, Value
+from mithril_core.primitives.nn import conv_padding
 
 Needs = tuple[bool, ...]
 
@@ -43,7 +53,298 @@ def log_softmax_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     )
 
 
+# -- convolution -----------------------------------------------------------------------
+
+
+def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
+    """The ``long`` dims array of mc_conv2d and the size of its column scratch."""
+    x, w = node.inputs[0], node.inputs[1]
+    stride, padding, dilation, groups = (v.constant for v in node.inputs[2:6])
+    if not isinstance(groups, int):
+        msg = f"{node.path}: backend 'c' needs a constant 'groups', got {groups!r}."
+        raise CompileError(msg)
+    xs, ws, ys = ctx.shape(x), ctx.shape(w), ctx.shape(node.output)
+    pads = conv_padding(padding, ws[2:], dilation)
+    if len(xs) == 3:  # 1-d: a 2-d convolution of height 1
+        xs, ws, ys = (*xs[:2], 1, xs[2]), (*ws[:2], 1, ws[2]), (*ys[:2], 1, ys[2])
+        stride, dilation, pads = (1, *stride), (1, *dilation), [(0, 0), *pads]
+    n, c, h, width = xs
+    f, _, kh, kw = ws
+    oh, ow = ys[2:]
+    dims = (n, c, h, width, f, kh, kw, oh, ow, *stride, pads[0][0], pads[1][0])
+    dims += (*dilation, groups)
+    return ctx.longs(dims), (c // groups) * kh * kw * oh * ow
+
+
+def conv(ctx: Emitter, node: Node) -> None:
+    dims, columns = _conv(ctx, node)
+    x, w = (ctx.ptr(v) for v in node.inputs[:2])
+    col = ctx.temp(node, "col", columns)
+    ctx.line(f"mc_conv2d({ctx.out(node)}, {x}, {w}, {dims}, {col});")
+
+
+def conv_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    dims, columns = _conv(ctx, node)
+    x, w = (ctx.ptr(v) for v in node.inputs[:2])
+    col = ctx.temp(node, "col", columns)
+    gx, acc_x = ctx.target(node.inputs[0]) if needs[0] else ("NULL", False)
+    gw, acc_w = ctx.target(node.inputs[1]) if needs[1] else ("NULL", False)
+    ctx.line(
+        f"mc_conv2d_vjp({gx}, {gw}, {ctx.gout(node)}, {x}, {w}, {dims}, {col}, "
+        f"{int(acc_x)}, {int(acc_w)});"
+    )
+
+
+# -- pooling ---------------------------------------------------------------------------
+
+
+def _pool(ctx: Emitter, node: Node) -> str:
+    n, c, h, w = ctx.shape(node.inputs[0])
+    oh, ow = ctx.shape(node.output)[2:]
+    kernel, stride, padding = (v.constant for v in node.inputs[1:4])
+    dilation = node.inputs[4].constant if len(node.inputs) > 4 else (1, 1)
+    dims = (n * c, h, w, oh, ow, *kernel, *stride, *padding, *dilation)
+    return ctx.longs(dims)
+
+
+def max_pool2d(ctx: Emitter, node: Node) -> None:
+    x = ctx.ptr(node.inputs[0])
+    ctx.line(f"mc_max_pool2d({ctx.out(node)}, {x}, {_pool(ctx, node)});")
+
+
+def max_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    x = ctx.ptr(node.inputs[0])
+    pointer, accumulate = ctx.target(node.inputs[0])
+    ctx.line(
+        f"mc_max_pool2d_vjp({pointer}, {ctx.gout(node)}, {x}, {_pool(ctx, node)}, "
+        f"{int(accumulate)});"
+    )
+
+
+def avg_pool2d(ctx: Emitter, node: Node) -> None:
+    x = ctx.ptr(node.inputs[0])
+    ctx.line(f"mc_avg_pool2d({ctx.out(node)}, {x}, {_pool(ctx, node)});")
+
+
+def avg_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    pointer, accumulate = ctx.target(node.inputs[0])
+    ctx.line(
+        f"mc_avg_pool2d_vjp({pointer}, {ctx.gout(node)}, {_pool(ctx, node)}, "
+        f"{int(accumulate)});"
+    )
+
+
+def _adaptive(ctx: Emitter, node: Node) -> str:
+    n, c, h, w = ctx.shape(node.inputs[0])
+    oh, ow = ctx.shape(node.output)[2:]
+    return f"{n * c}, {h}, {w}, {oh}, {ow}"
+
+
+def adaptive_avg_pool2d(ctx: Emitter, node: Node) -> None:
+    x = ctx.ptr(node.inputs[0])
+    ctx.line(f"mc_adaptive_avg_pool2d({ctx.out(node)}, {x}, {_adaptive(ctx, node)});")
+
+
+def adaptive_avg_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    pointer, accumulate = ctx.target(node.inputs[0])
+    ctx.line(
+        f"mc_adaptive_avg_pool2d_vjp({pointer}, {ctx.gout(node)}, "
+        f"{_adaptive(ctx, node)}, {int(accumulate)});"
+    )
+
+
+# -- embedding, padding ----------------------------------------------------------------
+
+
+def _embedding(ctx: Emitter, node: Node) -> tuple[str, str, str]:
+    """The index arguments, the sizes (count, rows, dim) and the range error."""
+    index, weight = node.inputs
+    rows, dim = ctx.shape(weight)
+    size = np.dtype(ctx.dtype(index)).itemsize
+    message = f"{node.path}: an embedding index is out of range for {rows} rows."
+    return f"{ctx.ptr(index)}, {size}", f"{ctx.numel(index)}, {rows}, {dim}", message
+
+
+@dtypes({0: "iu"})
+def embedding(ctx: Emitter, node: Node) -> None:
+    index, sizes, message = _embedding(ctx, node)
+    weight = ctx.ptr(node.inputs[1])
+    ctx.check(f"mc_embedding({ctx.out(node)}, {index}, {weight}, {sizes})", message)
+
+
+def embedding_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    index, sizes, message = _embedding(ctx, node)
+    pointer, accumulate = ctx.target(node.inputs[1])
+    call = (
+        f"mc_embedding_vjp({pointer}, {ctx.gout(node)}, {index}, {sizes}, "
+        f"{int(accumulate)})"
+    )
+    ctx.check(call, message)
+
+
+_PAD_MODES = {"constant": 0, "reflect": 1, "edge": 2}
+
+
+def _pad(ctx: Emitter, node: Node) -> str:
+    shape, out = ctx.shape(node.inputs[0]), ctx.shape(node.output)
+    widths, mode = node.inputs[1].constant, node.inputs[2].constant
+    before = [b for b, _ in widths]
+    return (
+        f"{len(shape)}, {ctx.longs(shape)}, {ctx.longs(out)}, {ctx.longs(before)}, "
+        f"{_PAD_MODES[mode]}"
+    )
+
+
+def pad(ctx: Emitter, node: Node) -> None:
+    x, value = ctx.ptr(node.inputs[0]), ctx.lit(node.inputs[3].constant)
+    ctx.line(f"mc_pad({ctx.out(node)}, {x}, {_pad(ctx, node)}, {value});")
+
+
+def pad_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    pointer, accumulate = ctx.target(node.inputs[0])
+    ctx.line(
+        f"mc_pad_vjp({pointer}, {ctx.gout(node)}, {_pad(ctx, node)}, "
+        f"{int(accumulate)});"
+    )
+
+
+# -- attention -------------------------------------------------------------------------
+
+
+@dataclass
+class _Attention:
+    batch: tuple[int, ...]
+    lq: int
+    lk: int
+    e: int
+    ev: int
+    scale: str
+    causal: int
+    mask: Value | None
+    mask_strides: tuple[int, ...]
+
+    def strides(self) -> list[tuple[int, ...]]:
+        """Element strides over the batch dims of q, k, v, output/g, p, mask."""
+        own = contiguous_strides(self.batch)
+        blocks = (
+            self.lq * self.e,
+            self.lk * self.e,
+            self.lk * self.ev,
+            self.lq * self.ev,
+            self.lq * self.lk,
+        )
+        result = [tuple(s * b for s in own) for b in blocks]
+        return [*result, self.mask_strides[:-2] or (0,) * len(self.batch)]
+
+
+def _attention(ctx: Emitter, node: Node) -> _Attention:
+    q, k, v = node.inputs[:3]
+    masked = node.op == "scaled_dot_product_masked"
+    mask = node.inputs[3] if masked else None
+    causal, scale = (x.constant for x in node.inputs[3 + masked : 5 + masked])
+    qs, ks, vs = ctx.shape(q), ctx.shape(k), ctx.shape(v)
+    batch, (lq, e), lk, ev = qs[:-2], qs[-2:], ks[-2], vs[-1]
+    factor = e**-0.5 if scale is None else scale
+    strides: tuple[int, ...] = (0,) * (len(batch) + 2)
+    if mask is not None:
+        strides = broadcast_strides(ctx.shape(mask), (*batch, lq, lk))
+    return _Attention(
+        batch, lq, lk, e, ev, ctx.lit(float(factor)), int(causal), mask, strides
+    )
+
+
+def _batches(ctx: Emitter, a: _Attention, call: str) -> None:
+    """``call`` once per batch entry; ``{0}``..``{5}``: offsets of q, k, v, o, p,
+    mask."""
+    ctx.line(
+        *loop_nest(a.batch, a.strides(), lambda index: [call.format(*index)], var="b")
+    )
+
+
+@dtypes({3: "b"})
+def scaled_dot_product(ctx: Emitter, node: Node) -> None:
+    a = _attention(ctx, node)
+    q, k, v = (ctx.ptr(x) for x in node.inputs[:3])
+    out = ctx.out(node)
+    probs = ctx.temp(node, "probs", math.prod(a.batch) * a.lq * a.lk)
+    mask, kind = "NULL", 0
+    if a.mask is not None:
+        mask = f"(const void *)({ctx.ptr(a.mask)} + {{5}})"
+        kind = 2 if ctx.is_real(a.mask) else 1
+    rs, cs = a.mask_strides[-2:]
+    _batches(
+        ctx,
+        a,
+        f"mc_sdp({out} + {{3}}, {probs} + {{4}}, {q} + {{0}}, {k} + {{1}}, "
+        f"{v} + {{2}}, {mask}, {kind}, {rs}, {cs}, {a.lq}, {a.lk}, {a.e}, {a.ev}, "
+        f"{a.scale}, {a.causal});",
+    )
+
+
+def scaled_dot_product_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    a = _attention(ctx, node)
+    q, k, v = (ctx.ptr(x) for x in node.inputs[:3])
+    probs = ctx.temp(node, "probs", math.prod(a.batch) * a.lq * a.lk)
+    scratch = ctx.temp(node, "dp", a.lq * a.lk)
+    grads = []
+    for j in range(3):
+        if needs[j]:
+            pointer, accumulate = ctx.target(node.inputs[j])
+            grads.append((f"{pointer} + {{{j}}}", int(accumulate)))
+        else:
+            grads.append(("NULL", 0))
+    gmask = "NULL"
+    if a.mask is not None and needs[3] and ctx.is_real(a.mask):
+        pointer, accumulate = ctx.target(a.mask)
+        if not accumulate:
+            ctx.line(f"mc_fill({pointer}, {ctx.numel(a.mask)}, 0);")
+        gmask = f"{pointer} + {{5}}"
+    rs, cs = a.mask_strides[-2:]
+    _batches(
+        ctx,
+        a,
+        f"mc_sdp_vjp({grads[0][0]}, {grads[1][0]}, {grads[2][0]}, {gmask}, "
+        f"{ctx.gout(node)} + {{3}}, {probs} + {{4}}, {q} + {{0}}, {k} + {{1}}, "
+        f"{v} + {{2}}, {scratch}, {rs}, {cs}, {a.lq}, {a.lk}, {a.e}, {a.ev}, "
+        f"{a.scale}, {grads[0][1]}, {grads[1][1]}, {grads[2][1]});",
+    )
+
+
+# -- dropout ---------------------------------------------------------------------------
+
+
+def dropout(ctx: Emitter, node: Node) -> None:
+    x, p = ctx.ptr(node.inputs[0]), ctx.lit(node.inputs[1].constant)
+    state = ctx.temp(node, "state", 1, "uint64_t")
+    # A fixed odd seed per dropout node: a compiled model's masks are reproducible.
+    seed = (0x9E3779B97F4A7C15 * (ctx.graph.nodes.index(node) + 1)) % 2**64 | 1
+    ctx.line(
+        f"mc_dropout({ctx.out(node)}, {x}, {ctx.numel(node.output)}, {p}, {state}, "
+        f"{seed}ULL);"
+    )
+
+
+def dropout_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    x, y = ctx.ptr(node.inputs[0]), ctx.ptr(node.output)
+    pointer, accumulate = ctx.target(node.inputs[0])
+    p = ctx.lit(node.inputs[1].constant)
+    ctx.line(
+        f"mc_dropout_vjp({pointer}, {ctx.gout(node)}, {y}, {x}, "
+        f"{ctx.numel(node.output)}, {p}, {int(accumulate)});"
+    )
+
+
 LOWERINGS: dict[str, CLowering] = {
     "softmax": (softmax, softmax_vjp),
     "log_softmax": (log_softmax, log_softmax_vjp),
+    "conv1d": (conv, conv_vjp),
+    "conv2d": (conv, conv_vjp),
+    "max_pool2d": (max_pool2d, max_pool2d_vjp),
+    "avg_pool2d": (avg_pool2d, avg_pool2d_vjp),
+    "adaptive_avg_pool2d": (adaptive_avg_pool2d, adaptive_avg_pool2d_vjp),
+    "embedding": (embedding, embedding_vjp),
+    "pad": (pad, pad_vjp),
+    "scaled_dot_product": (scaled_dot_product, scaled_dot_product_vjp),
+    "scaled_dot_product_masked": (scaled_dot_product, scaled_dot_product_vjp),
+    "dropout": (dropout, dropout_vjp),
 }

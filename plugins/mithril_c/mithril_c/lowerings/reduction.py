@@ -3,8 +3,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from mithril_c._codegen import Emitter, contiguous_strides, loop_nest
-from mithril_c.lowerings._types import CLowering
+from mithril_c.lowerings._types import CLowering, dtypes
 from mithril_core.physical.flat import Node, Value
 
 Needs = tuple[bool, ...]
@@ -40,22 +42,26 @@ def _loop(
     )
 
 
-def _sum_into(ctx: Emitter, out: str, value: Value, node: Node) -> None:
+def _sum_into(
+    ctx: Emitter, out: str, value: Value, node: Node, ctype: str = "real"
+) -> None:
     shape, strides, _ = _layout(ctx, node)
     axes = _axes(node.inputs[1].constant, len(shape))
     x = ctx.ptr(value)
-    if axes and axes == tuple(range(axes[0], axes[-1] + 1)):
+    contiguous = axes and axes == tuple(range(axes[0], axes[-1] + 1))
+    if contiguous and ctype == "real" and ctx.is_real(value):
         outer = math.prod(shape[: axes[0]])
         inner = math.prod(shape[axes[-1] + 1 :])
         count = math.prod(shape[d] for d in axes)
         ctx.line(f"mc_sum_axis({out}, {x}, {outer}, {count}, {inner});")
         return
-    ctx.line(f"mc_fill({out}, {ctx.numel(node.output)}, 0);")
+    ctx.fill(out, ctx.numel(node.output), "0", ctype)
     _loop(ctx, shape, strides, f"{out}[{{o}}] += {x}[{{i}}];")
 
 
+@dtypes("any")
 def sum(ctx: Emitter, node: Node) -> None:  # noqa: A001 - the primitive's name
-    _sum_into(ctx, ctx.out(node), node.inputs[0], node)
+    _sum_into(ctx, ctx.out(node), node.inputs[0], node, ctx.ctype(node.output))
 
 
 def _spread(ctx: Emitter, node: Node, expression: str) -> None:
@@ -72,6 +78,7 @@ def sum_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     _spread(ctx, node, "{g}")
 
 
+@dtypes({0: "any"})
 def mean(ctx: Emitter, node: Node) -> None:
     out = ctx.out(node)
     _sum_into(ctx, out, node.inputs[0], node)
@@ -84,18 +91,34 @@ def mean_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     _spread(ctx, node, f"{{g}} / (real){_layout(ctx, node)[2]}")
 
 
-def _extreme(ctx: Emitter, node: Node, better: str, start: str) -> None:
+_LIMITS = {
+    "int8": ("INT8_MIN", "INT8_MAX"),
+    "int16": ("INT16_MIN", "INT16_MAX"),
+    "int32": ("INT32_MIN", "INT32_MAX"),
+    "int64": ("INT64_MIN", "INT64_MAX"),
+    "uint8": ("0", "UINT8_MAX"),
+    "bool": ("0", "1"),
+}
+
+
+def _extreme(ctx: Emitter, node: Node, better: str) -> None:
     shape, strides, _ = _layout(ctx, node)
     out = ctx.out(node)
     x = ctx.ptr(node.inputs[0])
-    ctx.line(f"mc_fill({out}, {ctx.numel(node.output)}, {start});")
-    # x != x: NaN wins, as in NumPy.
+    dtype = np.dtype(ctx.dtype(node.output))
+    if dtype.kind == "f":
+        start = "-INFINITY" if better == ">" else "INFINITY"
+        # x != x: NaN wins, as in NumPy.
+        nan = f" || {x}[{{i}}] != {x}[{{i}}]"
+    else:
+        start = _LIMITS[dtype.name][0 if better == ">" else 1]
+        nan = ""
+    ctx.fill(out, ctx.numel(node.output), start, ctx.ctype(node.output))
     _loop(
         ctx,
         shape,
         strides,
-        f"if ({x}[{{i}}] {better} {out}[{{o}}] || {x}[{{i}}] != {x}[{{i}}]) "
-        f"{out}[{{o}}] = {x}[{{i}}];",
+        f"if ({x}[{{i}}] {better} {out}[{{o}}]{nan}) {out}[{{o}}] = {x}[{{i}}];",
     )
 
 
@@ -110,18 +133,21 @@ def _extreme_vjp(ctx: Emitter, node: Node) -> None:
     _spread(ctx, node, f"({x}[{{i}}] == {y}[{{o}}] ? {{g}} / {count}[{{o}}] : 0)")
 
 
+@dtypes("any")
 def max(ctx: Emitter, node: Node) -> None:  # noqa: A001 - the primitive's name
-    _extreme(ctx, node, ">", "-INFINITY")
+    _extreme(ctx, node, ">")
 
 
+@dtypes("any")
 def min(ctx: Emitter, node: Node) -> None:  # noqa: A001 - the primitive's name
-    _extreme(ctx, node, "<", "INFINITY")
+    _extreme(ctx, node, "<")
 
 
 def extreme_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     _extreme_vjp(ctx, node)
 
 
+@dtypes({0: "any"})
 def variance(ctx: Emitter, node: Node) -> None:
     shape, strides, count = _layout(ctx, node)
     numel = ctx.numel(node.output)
@@ -156,7 +182,54 @@ def variance_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     )
 
 
+def _arg_extreme(ctx: Emitter, node: Node, better: str) -> None:
+    shape = ctx.shape(node.inputs[0])
+    axis = node.inputs[1].constant
+    if axis is None:
+        outer, count, inner = 1, math.prod(shape), 1
+    else:
+        axis %= len(shape)
+        outer, count, inner = (
+            math.prod(shape[:axis]),
+            shape[axis],
+            math.prod(shape[axis + 1 :]),
+        )
+    out, x = ctx.out(node), ctx.ptr(node.inputs[0])
+    ctype = ctx.ctype(node.inputs[0])
+    # The first extreme wins; a NaN beats everything (the first NaN), as NumPy.
+    floating = np.dtype(ctx.dtype(node.inputs[0])).kind == "f"
+    nan = " || (v != v && top == top)" if floating else ""
+    ctx.line(
+        f"for (long o = 0; o < {outer}; ++o) for (long j = 0; j < {inner}; ++j) {{",
+        f"    const {ctype} *row = {x} + o * {count * inner} + j;",
+        f"    {ctype} top = row[0];",
+        "    long best = 0;",
+        f"    for (long i = 1; i < {count}; ++i) {{",
+        f"        {ctype} v = row[i * {inner}];",
+        f"        if (v {better} top{nan}) {{ top = v; best = i; }}",
+        "    }",
+        f"    {out}[o * {inner} + j] = best;",
+        "}",
+    )
+
+
+@dtypes("any")
+def arg_max(ctx: Emitter, node: Node) -> None:
+    _arg_extreme(ctx, node, ">")
+
+
+@dtypes("any")
+def arg_min(ctx: Emitter, node: Node) -> None:
+    _arg_extreme(ctx, node, "<")
+
+
+def _no_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
+    return None
+
+
 LOWERINGS: dict[str, CLowering] = {
+    "arg_max": (arg_max, _no_vjp),
+    "arg_min": (arg_min, _no_vjp),
     "sum": (sum, sum_vjp),
     "mean": (mean, mean_vjp),
     "max": (max, extreme_vjp),

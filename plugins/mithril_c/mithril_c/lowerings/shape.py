@@ -6,13 +6,14 @@ from typing import Any
 import numpy as np
 
 from mithril_c._codegen import Emitter, broadcast_strides, contiguous_strides
-from mithril_c.lowerings._types import CLowering
+from mithril_c.lowerings._types import CLowering, dtypes
 from mithril_core.errors import CompileError
 from mithril_core.physical.flat import Node, Value
 
 Needs = tuple[bool, ...]
 
 
+@dtypes("any")
 def reshape(ctx: Emitter, node: Node) -> None:
     ctx.alias(node, node.inputs[0])
 
@@ -30,12 +31,11 @@ def _permutation(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, 
     return tuple(shape[p] for p in perm), tuple(strides[p] for p in perm)
 
 
+@dtypes("any")
 def transpose(ctx: Emitter, node: Node) -> None:
     shape, strides = _permutation(ctx, node)
-    ctx.line(
-        f"mc_gather({ctx.out(node)}, {ctx.ptr(node.inputs[0])}, {len(shape)}, "
-        f"{ctx.longs(shape)}, {ctx.longs(strides)}, 0);"
-    )
+    value = node.inputs[0]
+    ctx.gather(value, ctx.out(node), ctx.ptr(value), shape, strides)
 
 
 def transpose_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
@@ -47,13 +47,12 @@ def transpose_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     )
 
 
+@dtypes("any")
 def expand(ctx: Emitter, node: Node) -> None:
     shape = ctx.shape(node.output)
-    strides = broadcast_strides(ctx.shape(node.inputs[0]), shape)
-    ctx.line(
-        f"mc_gather({ctx.out(node)}, {ctx.ptr(node.inputs[0])}, {len(shape)}, "
-        f"{ctx.longs(shape)}, {ctx.longs(strides)}, 0);"
-    )
+    value = node.inputs[0]
+    strides = broadcast_strides(ctx.shape(value), shape)
+    ctx.gather(value, ctx.out(node), ctx.ptr(value), shape, strides)
 
 
 def expand_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
@@ -109,13 +108,12 @@ def _view(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, ...], i
     return view.shape, view.strides, offset
 
 
+@dtypes("any")
 def indexer(ctx: Emitter, node: Node) -> None:
     shape, strides, offset = _view(ctx, node)
-    source = ctx.ptr(_indexed(ctx, node)[0])
-    ctx.line(
-        f"mc_gather({ctx.out(node)}, {source} + {offset}, "
-        f"{len(shape)}, {ctx.longs(shape)}, {ctx.longs(strides)}, 0);"
-    )
+    value = _indexed(ctx, node)[0]
+    source = f"{ctx.ptr(value)} + {offset}"
+    ctx.gather(value, ctx.out(node), source, shape, strides)
 
 
 def indexer_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
@@ -159,16 +157,22 @@ def _part_shape(ctx: Emitter, node: Node, part: Value) -> tuple[int, ...]:
     return ctx.shape(part)
 
 
+@dtypes("any")
 def concat(ctx: Emitter, node: Node) -> None:
     out = ctx.out(node)
+    ctype = ctx.ctype(node.output)
     for part, offset, strides in _pieces(ctx, node):
         shape = _part_shape(ctx, node, part)
         if math.prod(shape) == 0:
             continue
-        ctx.line(
-            f"mc_scatter({out} + {offset}, {ctx.ptr(part)}, {len(shape)}, "
-            f"{ctx.longs(shape)}, {ctx.longs(strides)}, 0);"
-        )
+        source = ctx.ptr(part)
+        if ctx.ctype(part) != ctype:  # parts of several dtypes: convert first
+            source = ctx.temp(node, f"part{offset}", ctx.numel(part), ctype)
+            ctx.line(
+                f"for (long i = 0; i < {ctx.numel(part)}; ++i) "
+                f"{source}[i] = {ctx.ptr(part)}[i];"
+            )
+        ctx.scatter(node.output, f"{out} + {offset}", source, shape, strides)
 
 
 def concat_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
