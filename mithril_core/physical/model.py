@@ -160,6 +160,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     grad_keys = tuple(k for k in input_keys if k in trainable_set)
     for key in grad_keys:  # parameters are float tensors
         graph.inputs[key].conn.find().restrict_type(frozenset({ty.TENSOR_FLOAT}))
+    solve()  # spread what that settles (e.g. the type of what a parameter feeds)
     for k in input_keys:
         if k in data and graph.inputs[k].conn.differentiable:
             grad_keys += (k,)

@@ -118,7 +118,7 @@ def _indexer_type(rule: sh.Rule) -> bool:
     inp = rule.conn("input")
     if inp.types <= ty.TENSORS:
         rule.conn("output").restrict_type(inp.types)
-        return True
+        return len(inp.types) == 1  # a later, narrower input type narrows the output
     return not inp.types & ty.TENSORS
 
 

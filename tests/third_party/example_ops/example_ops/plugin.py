@@ -29,4 +29,11 @@ def mithril_lowerings(backend: str) -> Mapping[str, Any] | None:
         return {"example_ops.softsign": (_softsign, _softsign_vjp)}
     if backend in ("torch", "jax", "mlx"):
         return {"example_ops.softsign": _softsign}
+    if backend == "c":  # an element-wise C expression and its VJP, fused into loops
+        return {
+            "example_ops.softsign": (
+                "({0} / (1 + MC_FABS({0})))",
+                ("{g} / ((1 + MC_FABS({0})) * (1 + MC_FABS({0})))",),
+            )
+        }
     return None
