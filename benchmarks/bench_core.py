@@ -27,14 +27,22 @@ import mithril_core as ml  # noqa: E402
 BATCH, WIDTH = 64, 256
 
 
-def best_of(fn, repeat=7, number=200):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - start) / number)
-    return min(times)
+def paired(ours, reference, rounds=15, number=50):
+    """Best per-call times of ``ours`` and ``reference``, timed in alternating
+    batches so that load from elsewhere on the machine hits both alike."""
+    ours(), reference()  # warm up
+    best = [float("inf"), float("inf")]
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for i, fn in enumerate((ours, reference)):
+                start = time.perf_counter()
+                for _ in range(number):
+                    fn()
+                best[i] = min(best[i], (time.perf_counter() - start) / number)
+    finally:
+        gc.enable()
+    return best[0], best[1]
 
 
 def compile_times():
@@ -105,15 +113,18 @@ def evaluate_times():
     x = np.random.default_rng(0).standard_normal((BATCH, WIDTH)).astype(np.float32)
     g = np.ones((BATCH, WIDTH), np.float32)
     data = {"input": x}
-    ours = best_of(lambda: pm.evaluate(params, data))
-    ref = best_of(lambda: handwritten(params, x))
+    ours, ref = paired(
+        lambda: pm.evaluate(params, data), lambda: handwritten(params, x)
+    )
     print(
         f"forward:        mithril {ours * 1e6:8.1f} us  "
         f"hand-written {ref * 1e6:8.1f} us  ratio {ours / ref:.3f}"
     )
     grads_in = {"output": g}
-    ours_g = best_of(lambda: pm.evaluate(params, data, output_gradients=grads_in))
-    ref_g = best_of(lambda: handwritten_grad(params, x, g))
+    ours_g, ref_g = paired(
+        lambda: pm.evaluate(params, data, output_gradients=grads_in),
+        lambda: handwritten_grad(params, x, g),
+    )
     print(
         f"with gradients: mithril {ours_g * 1e6:8.1f} us  "
         f"hand-written {ref_g * 1e6:8.1f} us  ratio {ours_g / ref_g:.3f}"
