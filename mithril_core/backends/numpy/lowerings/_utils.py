@@ -17,12 +17,21 @@ def _needs(needs: Needs, i: int) -> bool:
     return needs is None or bool(needs[i])
 
 
+_ARRAYS = (np.ndarray, np.generic)  # a tuple: isinstance is fastest with one
+
+
 def is_float(value: object) -> bool:
-    return isinstance(value, np.ndarray | np.generic) and value.dtype.kind == "f"
+    return isinstance(value, _ARRAYS) and value.dtype.kind == "f"  # type: ignore[union-attr]
 
 
 def wants(needs: Needs, i: int, value: object) -> bool:
-    return _needs(needs, i) and is_float(value)
+    """Whether input ``i`` needs a gradient: asked for, and a float array. (Called for
+    every input of every VJP: kept to plain checks.)"""
+    return (
+        (needs is None or bool(needs[i]))
+        and isinstance(value, _ARRAYS)
+        and value.dtype.kind == "f"  # type: ignore[union-attr]
+    )
 
 
 def unbroadcast(grad: Array, shape: tuple[int, ...]) -> Array:
@@ -33,8 +42,9 @@ def unbroadcast(grad: Array, shape: tuple[int, ...]) -> Array:
         i + lead for i, n in enumerate(shape) if n == 1 and grad.shape[i + lead] != 1
     )
     axes = (*range(lead), *kept)
-    return np.sum(grad, axis=axes).reshape(shape) if axes else grad.reshape(shape)
+    return grad.sum(axis=axes).reshape(shape) if axes else grad.reshape(shape)
 
 
 def reduce_to(grad: Array, value: Operand) -> Array:
-    return unbroadcast(grad, np.shape(value))
+    shape = value.shape if isinstance(value, _ARRAYS) else np.shape(value)
+    return unbroadcast(grad, shape)
