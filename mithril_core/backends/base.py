@@ -104,31 +104,49 @@ class Backend(ABC):
         """Return ``(shape, dtype name)`` if ``value`` is an array of this backend, else
         ``None``. Used to validate evaluate inputs."""
 
+    # ``placement`` (e.g. ``sharding=`` on a backend with a device mesh) goes to
+    # :meth:`array` with the values.
     def zeros(
-        self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        **placement: Any,
     ) -> Any:
         """Array of zeros."""
-        return self.array(np.zeros(_shape(shape)), dtype=self._check_dtype(dtype))
+        return self._from_numpy(np.zeros(_shape(shape)), dtype, placement)
 
     def ones(
-        self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        **placement: Any,
     ) -> Any:
         """Array of ones."""
-        return self.array(np.ones(_shape(shape)), dtype=self._check_dtype(dtype))
+        return self._from_numpy(np.ones(_shape(shape)), dtype, placement)
 
     def randn(
-        self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        **placement: Any,
     ) -> Any:
         """Standard-normal samples from the backend's seeded generator."""
         values = self._rng().standard_normal(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype))
+        return self._from_numpy(values, dtype, placement)
 
     def rand(
-        self, *shape: int | tuple[int, ...], dtype: Dtype | str | None = None
+        self,
+        *shape: int | tuple[int, ...],
+        dtype: Dtype | str | None = None,
+        **placement: Any,
     ) -> Any:
         """Uniform [0, 1) samples from the backend's seeded generator."""
-        values = self._rng().random(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype))
+        return self._from_numpy(self._rng().random(_shape(shape)), dtype, placement)
+
+    def _from_numpy(
+        self, values: np.ndarray, dtype: Dtype | str | None, placement: dict[str, Any]
+    ) -> Any:
+        return self.array(values, dtype=self._check_dtype(dtype), **placement)
 
     def arange(
         self,

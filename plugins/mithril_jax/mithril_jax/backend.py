@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mithril_core.backends.base import Backend, Evaluator, Program, _shape
+from mithril_core.backends.base import Backend, Evaluator, Program
 from mithril_core.dtypes import ALL_DTYPES, Dtype
 from mithril_core.errors import CompileError
 
@@ -180,46 +180,6 @@ class JaxBackend(Backend):
         if self._mesh is not None:
             return jax.device_put(values, self.sharding(None))
         return jax.device_put(values, self._jax_device)
-
-    def zeros(
-        self,
-        *shape: int | tuple[int, ...],
-        dtype: Dtype | str | None = None,
-        sharding: ShardingSpec | None = None,
-    ) -> jax.Array:
-        """Array of zeros (split as ``sharding`` says, with a device mesh)."""
-        values = np.zeros(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
-
-    def ones(
-        self,
-        *shape: int | tuple[int, ...],
-        dtype: Dtype | str | None = None,
-        sharding: ShardingSpec | None = None,
-    ) -> jax.Array:
-        """Array of ones (split as ``sharding`` says, with a device mesh)."""
-        values = np.ones(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
-
-    def randn(
-        self,
-        *shape: int | tuple[int, ...],
-        dtype: Dtype | str | None = None,
-        sharding: ShardingSpec | None = None,
-    ) -> jax.Array:
-        """Standard-normal samples (split as ``sharding`` says, with a device mesh)."""
-        values = self._rng().standard_normal(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
-
-    def rand(
-        self,
-        *shape: int | tuple[int, ...],
-        dtype: Dtype | str | None = None,
-        sharding: ShardingSpec | None = None,
-    ) -> jax.Array:
-        """Uniform [0, 1) samples (split as ``sharding`` says, with a device mesh)."""
-        values = self._rng().random(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         values = np.asarray(array)

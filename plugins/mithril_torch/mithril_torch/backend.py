@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mithril_core.backends.base import Backend, Evaluator, Program, _shape
+from mithril_core.backends.base import Backend, Evaluator, Program
 from mithril_core.dtypes import ALL_DTYPES, Dtype
 from mithril_core.errors import CompileError
 
@@ -171,46 +171,6 @@ class TorchBackend(Backend):
         from mithril_torch.distributed import as_dtensor
 
         return as_dtensor(tensor, self._mesh, self.placements(sharding))
-
-    def zeros(
-        self,
-        *shape: int | tuple[int, ...],
-        dtype: Dtype | str | None = None,
-        sharding: ShardingSpec | None = None,
-    ) -> torch.Tensor:
-        """Tensor of zeros (split as ``sharding`` says, with a device mesh)."""
-        values = np.zeros(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
-
-    def ones(
-        self,
-        *shape: int | tuple[int, ...],
-        dtype: Dtype | str | None = None,
-        sharding: ShardingSpec | None = None,
-    ) -> torch.Tensor:
-        """Tensor of ones (split as ``sharding`` says, with a device mesh)."""
-        values = np.ones(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
-
-    def randn(
-        self,
-        *shape: int | tuple[int, ...],
-        dtype: Dtype | str | None = None,
-        sharding: ShardingSpec | None = None,
-    ) -> torch.Tensor:
-        """Standard-normal samples (split as ``sharding`` says, with a device mesh)."""
-        values = self._rng().standard_normal(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
-
-    def rand(
-        self,
-        *shape: int | tuple[int, ...],
-        dtype: Dtype | str | None = None,
-        sharding: ShardingSpec | None = None,
-    ) -> torch.Tensor:
-        """Uniform [0, 1) samples (split as ``sharding`` says, with a device mesh)."""
-        values = self._rng().random(_shape(shape))
-        return self.array(values, dtype=self._check_dtype(dtype), sharding=sharding)
 
     def to_numpy(self, array: Any) -> np.ndarray:
         import torch
