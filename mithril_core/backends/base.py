@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from mithril_core.dtypes import Dtype, as_dtype
-from mithril_core.errors import DtypeError
+from mithril_core.errors import CompileError, DtypeError
 
 Evaluator = Callable[
     [Mapping[str, Any], Mapping[str, Any] | None],
@@ -208,3 +208,33 @@ def _shape(shape: tuple[int | tuple[int, ...], ...]) -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], tuple | list):
         return tuple(int(d) for d in shape[0])
     return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+
+
+DEFAULT_MESH_AXIS_NAMES = {1: ("data",), 2: ("data", "model")}
+
+
+def mesh_layout(
+    owner: str, shape: Sequence[int], axis_names: Sequence[str] | None
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The sizes and axis names of a backend's ``device_mesh=shape`` (default names
+    ``("data",)`` and ``("data", "model")``), checked; errors name ``owner``."""
+    dims = tuple(int(n) for n in shape)
+    if not dims or any(n < 1 for n in dims):
+        msg = f"{owner}: device_mesh must be positive sizes, got {tuple(shape)}."
+        raise CompileError(msg)
+    if axis_names is None:
+        if len(dims) not in DEFAULT_MESH_AXIS_NAMES:
+            msg = (
+                f"{owner}: name the axes of the {len(dims)}-D device_mesh {dims} "
+                "with mesh_axis_names=(...)."
+            )
+            raise CompileError(msg)
+        return dims, DEFAULT_MESH_AXIS_NAMES[len(dims)]
+    names = tuple(str(name) for name in axis_names)
+    if len(names) != len(dims) or len(set(names)) != len(names):
+        msg = (
+            f"{owner}: mesh_axis_names {names} must be {len(dims)} distinct names, "
+            f"one per axis of device_mesh {dims}."
+        )
+        raise CompileError(msg)
+    return dims, names

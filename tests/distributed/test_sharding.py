@@ -173,3 +173,17 @@ def test_torch_mesh_needs_a_process_group(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(CompileError, match="torchrun --nproc-per-node=2"):
         ml.TorchBackend(device_mesh=(2,))
+
+
+def test_mesh_layout_defaults_and_errors() -> None:
+    from mithril_core.backends.base import mesh_layout
+    from mithril_core.errors import CompileError
+
+    assert mesh_layout("JaxBackend", [2, 2], None) == ((2, 2), ("data", "model"))
+    assert mesh_layout("TorchBackend", (4,), ["dp"]) == ((4,), ("dp",))
+    with pytest.raises(CompileError, match=r"JaxBackend: device_mesh must be positive"):
+        mesh_layout("JaxBackend", (2, 0), None)
+    with pytest.raises(CompileError, match=r"name the axes of the 3-D device_mesh"):
+        mesh_layout("TorchBackend", (1, 1, 2), None)
+    with pytest.raises(CompileError, match=r"\('a', 'a'\) must be 2 distinct names"):
+        mesh_layout("JaxBackend", (2, 2), ("a", "a"))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mithril_core.backends.base import mesh_layout
 from mithril_core.errors import CompileError
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["Layout", "make_mesh", "named_sharding"]
 
 Spec = Sequence[str | tuple[str, ...] | None]
-DEFAULT_AXIS_NAMES = {1: ("data",), 2: ("data", "model")}
 
 
 def make_mesh(
@@ -43,26 +43,7 @@ def make_mesh(
     """A mesh of the first ``prod(shape)`` of ``devices``, laid out row-major."""
     from jax.sharding import Mesh
 
-    dims = tuple(int(n) for n in shape)
-    if not dims or any(n < 1 for n in dims):
-        msg = f"JaxBackend: device_mesh must be positive sizes, got {tuple(shape)}."
-        raise CompileError(msg)
-    if axis_names is None:
-        if len(dims) not in DEFAULT_AXIS_NAMES:
-            msg = (
-                f"JaxBackend: name the axes of the {len(dims)}-D device_mesh {dims} "
-                "with mesh_axis_names=(...)."
-            )
-            raise CompileError(msg)
-        names = DEFAULT_AXIS_NAMES[len(dims)]
-    else:
-        names = tuple(str(name) for name in axis_names)
-    if len(names) != len(dims) or len(set(names)) != len(names):
-        msg = (
-            f"JaxBackend: mesh_axis_names {names} must be {len(dims)} distinct names, "
-            f"one per axis of device_mesh {dims}."
-        )
-        raise CompileError(msg)
+    dims, names = mesh_layout("JaxBackend", shape, axis_names)
     needed = math.prod(dims)
     if needed > len(devices):
         platform = device.partition(":")[0]

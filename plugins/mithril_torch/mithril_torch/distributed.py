@@ -40,7 +40,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mithril_core.backends.base import Evaluator, Program
+from mithril_core.backends.base import Evaluator, Program, mesh_layout
 from mithril_core.errors import CompileError
 
 if TYPE_CHECKING:
@@ -58,7 +58,6 @@ __all__ = [
 ]
 
 Spec = Sequence[str | tuple[str, ...] | None]
-DEFAULT_AXIS_NAMES = {1: ("data",), 2: ("data", "model")}
 
 
 def free_port() -> int:
@@ -170,26 +169,7 @@ def make_device_mesh(
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    dims = tuple(int(n) for n in shape)
-    if not dims or any(n < 1 for n in dims):
-        msg = f"TorchBackend: device_mesh must be positive sizes, got {tuple(shape)}."
-        raise CompileError(msg)
-    if axis_names is None:
-        if len(dims) not in DEFAULT_AXIS_NAMES:
-            msg = (
-                f"TorchBackend: name the axes of the {len(dims)}-D device_mesh {dims} "
-                "with mesh_axis_names=(...)."
-            )
-            raise CompileError(msg)
-        names = DEFAULT_AXIS_NAMES[len(dims)]
-    else:
-        names = tuple(str(name) for name in axis_names)
-    if len(names) != len(dims) or len(set(names)) != len(names):
-        msg = (
-            f"TorchBackend: mesh_axis_names {names} must be {len(dims)} distinct "
-            f"names, one per axis of device_mesh {dims}."
-        )
-        raise CompileError(msg)
+    dims, names = mesh_layout("TorchBackend", shape, axis_names)
     if not dist.is_available():
         msg = (
             "TorchBackend(device_mesh=...): this torch build has no torch.distributed."
