@@ -196,22 +196,35 @@ def power_vjp(
     exponent: Operand,
     needs: Needs = None,
 ) -> tuple[Grad, Grad]:
-    return (
-        reduce_to(output_grad * exponent * np.power(base, exponent - 1), base)
-        if wants(needs, 0, base)
-        else None,
-        reduce_to(output_grad * output * _log_positive(base), exponent)
-        if wants(needs, 1, exponent)
-        else None,
-    )
+    # PyTorch's derivatives: d/db is 0 where e == 0 (d(0 ** 0)/db is 0, not 0 * inf),
+    # d/de is 0 where b == 0 <= e and y * log(b) elsewhere (NaN for b < 0); the
+    # infinities and NaNs of the other points are the answer, so no warnings.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (
+            reduce_to(output_grad * _power_base_grad(base, exponent), base)
+            if wants(needs, 0, base)
+            else None,
+            reduce_to(
+                output_grad * _power_exponent_grad(output, base, exponent), exponent
+            )
+            if wants(needs, 1, exponent)
+            else None,
+        )
 
 
-def _log_positive(base: Operand) -> Array | float:
-    # d/de b**e is 0 where b <= 0 (as in torch), so log is taken where b > 0 only.
+def _power_base_grad(base: Operand, exponent: Operand) -> Array:
+    return np.where(np.equal(exponent, 0), 0, exponent * np.power(base, exponent - 1))
+
+
+def _power_exponent_grad(output: Array, base: Operand, exponent: Operand) -> Array:
+    at_zero = np.logical_and(np.equal(base, 0), np.greater_equal(exponent, 0))
+    return np.where(at_zero, 0, output * _log(base))
+
+
+def _log(base: Operand) -> Array | float:
     if isinstance(base, int | float):  # a Python float keeps float32 exponents float32
-        return math.log(base) if base > 0 else 0.0
-    positive = np.greater(base, 0)
-    return np.where(positive, np.log(np.where(positive, base, 1)), 0)
+        return math.log(base) if base > 0 else -math.inf if base == 0 else math.nan
+    return np.log(base)
 
 
 def minimum(left: Operand, right: Operand) -> Array:

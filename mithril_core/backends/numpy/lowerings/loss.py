@@ -9,7 +9,7 @@ from mithril_core.backends.numpy.lowerings._utils import (
     reduce_to,
     wants,
 )
-from mithril_core.backends.numpy.lowerings.nn import log_softmax
+from mithril_core.backends.numpy.lowerings.nn import check_indices, log_softmax
 
 
 def squared_error(input: Array, target: Array) -> Array:
@@ -60,6 +60,7 @@ def _picked(values: Array, target: Array, axis: int) -> Array:
 
 
 def cross_entropy(input: Array, target: Array, axis: int, input_type: str) -> Array:
+    check_indices("cross_entropy", "targets", target, input.shape[axis])
     return -_picked(_log_q(input, axis, input_type), target, axis)
 
 
@@ -123,6 +124,10 @@ def _clamped_log(x: Array) -> Array:
         return np.maximum(np.log(x), -100.0)
 
 
+# PyTorch's floor of p * (1 - p) in the input gradient, a C float.
+_BCE_EPSILON = float(np.float32(1e-12))
+
+
 def binary_cross_entropy(input: Array, target: Array, input_type: str) -> Array:
     if input_type == "logits":
         return np.maximum(input, 0) - input * target + np.log1p(np.exp(-np.abs(input)))
@@ -145,10 +150,12 @@ def binary_cross_entropy_vjp(
             g_target = -output_grad * input
         return g_input, g_target, None
     if wants(needs, 0, input):
-        denom = np.maximum(input * (1 - input), 1e-12)
+        denom = np.maximum(input * (1 - input), _BCE_EPSILON)
         g_input = output_grad * (input - target) / denom
     if wants(needs, 1, target):
-        g_target = output_grad * (_clamped_log(1 - input) - _clamped_log(input))
+        # -logit(p), unclamped as PyTorch's: infinite at p = 0 or 1.
+        with np.errstate(divide="ignore"):
+            g_target = output_grad * (np.log1p(-input) - np.log(input))
     return g_input, g_target, None
 
 

@@ -105,7 +105,15 @@ def _extreme_vjp(
 
 
 def variance(input: Array, axis: Axis, keepdim: bool, correction: float) -> Array:
-    return np.var(input, axis=axis, ddof=correction, keepdims=keepdim)
+    count = _count(input, axis)
+    if count > correction:
+        return np.var(input, axis=axis, ddof=correction, keepdims=keepdim)
+    # No degrees of freedom: the sum of squares over max(0, N - correction) = 0, NaN or
+    # inf as PyTorch's (np.var would warn).
+    centered = input - np.mean(input, axis=axis, keepdims=True)
+    squares = np.sum(centered * centered, axis=axis, keepdims=keepdim)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return squares / 0
 
 
 def variance_vjp(
@@ -120,8 +128,12 @@ def variance_vjp(
     if not wants(needs, 0, input):
         return None, None, None, None
     centered = input - np.mean(input, axis=axis, keepdims=True)
-    scale = 2.0 / (_count(input, axis) - correction)
-    return centered * (_keep(output_grad, axis, keepdim) * scale), None, None, None
+    dof = _count(input, axis) - correction
+    # N == correction: the gradient is 0 * (2 / 0), NaN, as PyTorch's.
+    scale = 2.0 / dof if dof != 0 else math.inf
+    with np.errstate(invalid="ignore"):
+        grad = centered * (_keep(output_grad, axis, keepdim) * scale)
+    return grad, None, None, None
 
 
 def arg_max(input: Array, axis: int | None, keepdim: bool) -> Array:
