@@ -34,13 +34,41 @@ def cross_entropy_soft(
     return -(target * _log_q(input, axis, input_type)).sum(dim=axis)
 
 
+# PyTorch's floor of p * (1 - p) in the input gradient, a C float.
+_BCE_EPSILON = float(torch.tensor(1e-12, dtype=torch.float32))
+
+
+class _BinaryCrossEntropy(torch.autograd.Function):
+    """F.binary_cross_entropy's values and gradients, without its range check (an
+    error on the CPU, a device-side assert on CUDA): p outside [0, 1] gives NaN."""
+
+    @staticmethod
+    def forward(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        log_p, log_1mp = input.log().clamp(min=-100), (1 - input).log().clamp(min=-100)
+        return -(target * log_p + (1 - target) * log_1mp)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        input, target = ctx.saved_tensors
+        g_input = g_target = None
+        if ctx.needs_input_grad[0]:
+            denom = (input * (1 - input)).clamp(min=_BCE_EPSILON)
+            g_input = grad * (input - target) / denom
+        if ctx.needs_input_grad[1]:
+            g_target = -grad * torch.logit(input)
+        return g_input, g_target
+
+
 def binary_cross_entropy(
     input: torch.Tensor, target: torch.Tensor, input_type: str
 ) -> torch.Tensor:
     if input_type == "logits":
         return F.binary_cross_entropy_with_logits(input, target, reduction="none")
-    log_p, log_1mp = input.log().clamp(min=-100), (1 - input).log().clamp(min=-100)
-    return -(target * log_p + (1 - target) * log_1mp)
+    return _BinaryCrossEntropy.apply(input, target)
 
 
 LOWERINGS: dict[str, Callable[..., Any]] = {

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,18 @@ def min(input: torch.Tensor, axis: Axis, keepdim: bool) -> torch.Tensor:
 def variance(
     input: torch.Tensor, axis: Axis, keepdim: bool, correction: int
 ) -> torch.Tensor:
-    return torch.var(input, dim=axis, correction=correction, keepdim=keepdim)
+    if _count(input, axis) > correction:
+        return torch.var(input, dim=axis, correction=correction, keepdim=keepdim)
+    # No degrees of freedom: torch.var's NaN, without its UserWarning.
+    centered = input - torch.mean(input, dim=axis, keepdim=True)
+    return torch.sum(centered * centered, dim=axis, keepdim=keepdim) / 0
+
+
+def _count(input: torch.Tensor, axis: Axis) -> int:
+    if axis is None:
+        return input.numel()
+    axes = axis if isinstance(axis, tuple | list) else (axis,)
+    return math.prod(input.shape[a] for a in axes)
 
 
 def arg_max(input: torch.Tensor, axis: int | None, keepdim: bool) -> torch.Tensor:
