@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from mithril_core.dtypes import Dtype
 from mithril_jax._dtypes import jax_dtype
@@ -33,7 +35,32 @@ def floor_divide(left: Value, right: Value) -> Any:
 
 
 def power(base: Value, exponent: Value) -> Any:
+    if jnp.issubdtype(jnp.result_type(base, exponent), jnp.floating):
+        return _float_power(base, exponent)
     return base**exponent
+
+
+@jax.custom_jvp
+def _float_power(base: Value, exponent: Value) -> Any:
+    return base**exponent
+
+
+@partial(_float_power.defjvp, symbolic_zeros=True)
+def _float_power_jvp(primals: tuple[Value, Value], tangents: tuple[Any, Any]) -> Any:
+    # PyTorch's derivatives: d/db is 0 where e == 0 (JAX's is NaN at 0 ** 0), d/de is
+    # 0 where b == 0 <= e and y * log(b) elsewhere (NaN for b < 0). An input with no
+    # tangent is skipped, never multiplied by zero (inf * 0 would be NaN).
+    base, exponent = primals
+    d_base, d_exponent = tangents
+    output = base**exponent
+    tangent = jnp.zeros_like(output)
+    if not isinstance(d_base, SymbolicZero):
+        slope = jnp.where(exponent == 0, 0, exponent * base ** (exponent - 1))
+        tangent = tangent + d_base * slope
+    if not isinstance(d_exponent, SymbolicZero):
+        at_zero = (base == 0) & (exponent >= 0)
+        tangent = tangent + d_exponent * jnp.where(at_zero, 0, output * jnp.log(base))
+    return output, tangent
 
 
 def minimum(left: Value, right: Value) -> jax.Array:

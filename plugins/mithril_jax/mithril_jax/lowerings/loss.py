@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 
 def squared_error(input: jax.Array, target: jax.Array) -> jax.Array:
@@ -39,10 +42,39 @@ def binary_cross_entropy(
     input: jax.Array, target: jax.Array, input_type: str
 ) -> jax.Array:
     if input_type == "logits":
-        return jnp.maximum(input, 0) - input * target + jnp.log1p(jnp.exp(-abs(input)))
+        # Softplus has no kink: the gradient is sigmoid(x) - t at x = 0 too.
+        softplus = jax.nn.softplus
+        return target * softplus(-input) + (1 - target) * softplus(input)
+    return _binary_cross_entropy_probs(input, target)
+
+
+# PyTorch's floor of p * (1 - p) in the input gradient, a C float.
+_BCE_EPSILON = float(np.float32(1e-12))
+
+
+@jax.custom_jvp
+def _binary_cross_entropy_probs(input: jax.Array, target: jax.Array) -> jax.Array:
     log_p = jnp.maximum(jnp.log(input), -100.0)
     log_1mp = jnp.maximum(jnp.log(1 - input), -100.0)
     return -(target * log_p + (1 - target) * log_1mp)
+
+
+@partial(_binary_cross_entropy_probs.defjvp, symbolic_zeros=True)
+def _binary_cross_entropy_probs_jvp(
+    primals: tuple[jax.Array, jax.Array], tangents: tuple[Any, Any]
+) -> tuple[jax.Array, jax.Array]:
+    # F.binary_cross_entropy's gradients, finite for the input at p = 0 or 1 (the
+    # clamped logs' autodiff gives 0 * inf there); the target's, -logit(p), is not.
+    input, target = primals
+    d_input, d_target = tangents
+    output = _binary_cross_entropy_probs(input, target)
+    tangent = jnp.zeros_like(output)
+    if not isinstance(d_input, SymbolicZero):
+        denom = jnp.maximum(input * (1 - input), _BCE_EPSILON)
+        tangent = tangent + d_input * (input - target) / denom
+    if not isinstance(d_target, SymbolicZero):
+        tangent = tangent + d_target * (jnp.log1p(-input) - jnp.log(input))
+    return output, tangent
 
 
 LOWERINGS: dict[str, Callable[..., Any]] = {

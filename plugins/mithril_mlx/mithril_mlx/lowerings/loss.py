@@ -38,10 +38,35 @@ def binary_cross_entropy(
     input: mx.array, target: mx.array, input_type: str
 ) -> mx.array:
     if input_type == "logits":
-        return mx.maximum(input, 0) - input * target + mx.log1p(mx.exp(-mx.abs(input)))
+        # Softplus has no kink: the gradient is sigmoid(x) - t at x = 0 too.
+        softplus_neg, softplus = mx.logaddexp(-input, 0), mx.logaddexp(input, 0)
+        return target * softplus_neg + (1 - target) * softplus
+    return _binary_cross_entropy_probs(input, target)
+
+
+# PyTorch's floor of p * (1 - p) in the input gradient, a C float.
+_BCE_EPSILON = 1e-12
+
+
+@mx.custom_function
+def _binary_cross_entropy_probs(input: mx.array, target: mx.array) -> mx.array:
     log_p = mx.maximum(mx.log(input), -100.0)
     log_1mp = mx.maximum(mx.log(1 - input), -100.0)
     return -(target * log_p + (1 - target) * log_1mp)
+
+
+@_binary_cross_entropy_probs.vjp
+def _binary_cross_entropy_probs_vjp(
+    primals: tuple[mx.array, mx.array], cotangent: mx.array, output: mx.array
+) -> tuple[mx.array, mx.array]:
+    # F.binary_cross_entropy's gradients, finite for the input at p = 0 or 1 (the
+    # clamped logs' autodiff gives 0 * inf there); the target's, -logit(p), is not.
+    input, target = primals
+    denom = mx.maximum(input * (1 - input), mx.array(_BCE_EPSILON, mx.float32))
+    return (
+        cotangent * (input - target) / denom.astype(input.dtype),
+        cotangent * (mx.log1p(-input) - mx.log(input)),
+    )
 
 
 LOWERINGS: dict[str, Callable[..., Any]] = {
