@@ -33,6 +33,11 @@ class DtypeError(MithrilError, TypeError):
     """An array has a dtype other than the one the compiled model expects."""
 
 
+class IndexRangeError(MithrilError, IndexError):
+    """An int index (embedding id, class target) is negative or not less than the
+    size of what it indexes."""
+
+
 class PluginError(MithrilError, ImportError):
     """A plugin could not be loaded, or two plugins provide the same name."""
 
@@ -49,7 +54,19 @@ class CompileError(MithrilError, RuntimeError):
     """Compilation failed for a reason other than shapes or types."""
 
 
+class ModelDocumentError(MithrilError, ValueError):
+    """A model document (``Model.from_dict`` / ``from_json``) is malformed, exceeds a
+    size limit, or names a class that is not registered."""
+
+
 MSG_INSTALL_BACKEND = (
     "Backend {name!r} is not installed. Install it with `pip install mithril-{name}` "
     "(installed backends: {installed})."
+)
+
+MSG_UNREGISTERED_CLASS = (
+    "{path}: class {name!r} is not registered for model documents, so it is not "
+    "built. Documents may name the models and primitives of mithril_core and of "
+    "installed plugins (their `mithril_operators` hook); pass your own classes "
+    "explicitly: `Model.from_json(source, classes=[{short}])`."
 )

@@ -24,6 +24,9 @@ DEFAULT_PLUGINS = (
     "mithril_core.primitives.plugin",
     "mithril_core.backends.numpy.plugin",
 )
+# Modules whose public model classes (composites, blocks, training wrappers) model
+# documents may name; primitives come from the ``mithril_operators`` hook.
+CORE_MODEL_PACKAGES = ("mithril_core.models", "mithril_core.training")
 
 
 def create_manager(*, load_entry_points: bool = True) -> pluggy.PluginManager:
@@ -87,6 +90,7 @@ class Registry:
         self.manager = manager
         self._backends: dict[str, type] | None = None
         self._operators: dict[str, type] | None = None
+        self._model_classes: dict[str, type] | None = None
         self._lowerings: dict[str, dict[str, Any]] = {}
 
     def _merge(
@@ -131,6 +135,15 @@ class Registry:
             self._operators = self._merge(results, "Operator")
         return self._operators
 
+    @property
+    def model_classes(self) -> dict[str, type]:
+        """``"module:qualname"`` -> class, for every class a model document may name:
+        the public models of :data:`CORE_MODEL_PACKAGES` and every operator."""
+        if self._model_classes is None:
+            classes = [*_core_model_classes(), *self.operators.values()]
+            self._model_classes = {document_name(cls): cls for cls in classes}
+        return self._model_classes
+
     def lowerings(self, backend: str) -> dict[str, Any]:
         table = self._lowerings.get(backend)
         if table is None:
@@ -148,6 +161,36 @@ class Registry:
             )
             raise MissingBackendError(msg)
         return backends[name]
+
+
+def document_name(cls: type) -> str:
+    """The ``"module:qualname"`` string a model document names ``cls`` by."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _core_model_classes() -> list[type]:
+    import importlib
+    import pkgutil
+
+    from mithril_core.logical.model import BaseModel, Model, Operator, Primitive
+
+    found: list[type] = []
+    for package_name in CORE_MODEL_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.walk_packages(package.__path__, f"{package_name}."):
+            if info.name.rpartition(".")[2].startswith("_"):
+                continue
+            module = importlib.import_module(info.name)
+            found.extend(
+                value
+                for name, value in vars(module).items()
+                if isinstance(value, type)
+                and issubclass(value, BaseModel)
+                and value.__module__ == module.__name__
+                and not name.startswith("_")
+                and value not in (Model, Operator, Primitive)
+            )
+    return found
 
 
 @cache

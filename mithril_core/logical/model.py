@@ -8,7 +8,7 @@ import inspect
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -168,11 +168,19 @@ class BaseModel:
         return model_to_dict(self)
 
     @staticmethod
-    def from_dict(data: dict[str, Any]) -> BaseModel:
-        """Rebuild a model from :meth:`to_dict`'s output."""
+    def from_dict(data: dict[str, Any], *, classes: Iterable[type] = ()) -> BaseModel:
+        """Rebuild a model from :meth:`to_dict`'s output.
+
+        Safe on untrusted documents: only registered library and plugin classes and
+        the ``classes`` given are built (nothing is imported), and malformed or
+        oversized documents raise :class:`~mithril_core.errors.ModelDocumentError`.
+
+        :param classes: your own model classes the document may name, e.g.
+            ``classes=[ChannelShuffle]``.
+        """
         from mithril_core.logical.serialize import model_from_dict
 
-        return model_from_dict(data)
+        return model_from_dict(data, classes=classes)
 
     def to_json(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
         """:meth:`to_dict` as JSON text (``kwargs`` go to ``json.dumps``), also written
@@ -185,13 +193,15 @@ class BaseModel:
         return text
 
     @staticmethod
-    def from_json(source: str | os.PathLike[str]) -> BaseModel:
-        """Rebuild a model from :meth:`to_json`'s text or from a file holding it."""
+    def from_json(
+        source: str | os.PathLike[str], *, classes: Iterable[type] = ()
+    ) -> BaseModel:
+        """Rebuild a model from :meth:`to_json`'s text (a string starting with ``{``)
+        or from a file holding it; see :meth:`from_dict` for ``classes`` and the
+        checks."""
         from mithril_core.logical.serialize import model_from_json
 
-        if isinstance(source, str) and source.lstrip().startswith("{"):
-            return model_from_json(source)
-        return model_from_json(Path(source).read_text())
+        return model_from_json(source, classes=classes)
 
     def summary(self) -> str:
         """Print and return a table of this model's tree: per model its type, input
