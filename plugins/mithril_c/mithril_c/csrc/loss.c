@@ -145,10 +145,12 @@ MC_DISPATCH void mc_binary_cross_entropy_vjp(real *gx, real *gt, const real *g,
             a = g[i] * (mc_sigmoid(x[i]) - t[i]);
             b = -g[i] * x[i];
         } else {
+            /* PyTorch's gradients: p * (1 - p) floored at its (float) epsilon, and
+             * -logit(p) for the target, unclamped (infinite at p = 0 or 1). */
             real denom = x[i] * (1 - x[i]);
-            denom = denom > (real)1e-12 ? denom : (real)1e-12;
+            denom = denom > (real)1e-12f ? denom : (real)1e-12f;
             a = g[i] * (x[i] - t[i]) / denom;
-            b = g[i] * (mc_clamped_log(1 - x[i]) - mc_clamped_log(x[i]));
+            b = g[i] * (MC_LOG1P(-x[i]) - MC_LOG(x[i]));
         }
         if (gx) gx[i] = accumulate_x ? gx[i] + a : a;
         if (gt) gt[i] = accumulate_t ? gt[i] + b : b;

@@ -111,8 +111,14 @@ static inline real mc_min2(real a, real b) { return a < b ? a : b; }
 static inline real mc_pick(int left_wins, real a, real b) {
     return a == b ? (real)0.5 : (real)left_wins;
 }
-static inline real mc_log_positive(real x) { return x > 0 ? MC_LOG(x) : 0; }
-static inline real mc_power_base_grad(real b, real e) { return e * MC_POW(b, e - 1); }
+/* PyTorch's derivatives of b ** e: d/db is 0 where e == 0 (not 0 * inf at 0 ** 0),
+ * d/de is 0 where b == 0 <= e and y * log(b) elsewhere (NaN for b < 0). */
+static inline real mc_power_base_grad(real b, real e) {
+    return e == 0 ? 0 : e * MC_POW(b, e - 1);
+}
+static inline real mc_power_exponent_grad(real b, real e, real y) {
+    return (b == 0 && e >= 0) ? 0 : y * MC_LOG(b);
+}
 
 /* -- integer scalar helpers (NumPy semantics, no signed overflow) ------------------ */
 static inline int64_t mc_abs_int(int64_t a) {

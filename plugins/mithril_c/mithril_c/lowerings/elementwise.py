@@ -29,7 +29,10 @@ LOWERINGS: dict[str, CLowering] = {
     ),
     "power": (
         "MC_POW({0}, {1})",
-        ("{g} * mc_power_base_grad({0}, {1})", "{g} * {y} * mc_log_positive({0})"),
+        (
+            "{g} * mc_power_base_grad({0}, {1})",
+            "{g} * mc_power_exponent_grad({0}, {1}, {y})",
+        ),
         {"int": "mc_power_int({0}, {1})"},
     ),
     "minimum": (
