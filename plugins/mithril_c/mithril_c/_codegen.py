@@ -35,12 +35,6 @@ _LISTS = frozenset({"to_list", "to_tuple"})
 # Lists of tensors never exist in C: concat reads the parts, indexing a split reads
 # the chunk straight from the split input.
 _VIRTUAL = _LISTS | {"split"}
-_C_WORDS = frozenset(
-    "auto break case char const continue default do double else enum extern float for "
-    "goto if inline int long register restrict return short signed sizeof static "
-    "struct "
-    "switch typedef union unsigned void volatile while real io ws og main".split()
-)
 C_TYPES = {
     "float32": "float",
     "float64": "double",
@@ -168,6 +162,38 @@ def loop_nest(
     return lines
 
 
+_IDENTIFIER_CHARS = frozenset(string.ascii_letters + string.digits + "_")
+# Comment text: characters that cannot end a comment, continue a line, form a trigraph
+# or escape anything. User names (keys, model paths) reach the C source only as
+# comments built from these or as identifiers built from _IDENTIFIER_CHARS.
+_COMMENT_CHARS = frozenset(string.ascii_letters + string.digits + "_.,:;=()[]<>#+- ")
+_MAX_COMMENT = 120
+_MAX_IDENTIFIER = 48
+
+
+def comment_text(text: str) -> str:
+    """``text`` made safe inside a C ``/* */`` comment: characters other than
+    letters, digits and ``_.,:;=()[]<>#+-`` and space become ``_``, and long text is
+    shortened. No ``*/``, newline, backslash, quote or ``??`` trigraph survives."""
+    safe = "".join(c if c in _COMMENT_CHARS else "_" for c in text)
+    if len(safe) > _MAX_COMMENT:
+        safe = safe[: _MAX_COMMENT - 3] + "..."
+    return safe
+
+
+def c_string(text: str) -> str:
+    """A C string literal holding ``text`` (UTF-8); every byte outside printable
+    ASCII, and ``"``, ``\\`` and ``?``, is an octal escape."""
+    pieces = []
+    for byte in text.encode("utf-8", errors="surrogateescape"):
+        char = chr(byte)
+        if 32 <= byte < 127 and char not in '"\\?':
+            pieces.append(char)
+        else:
+            pieces.append(f"\\{byte:03o}")
+    return '"' + "".join(pieces) + '"'
+
+
 def _fields(template: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
 
@@ -235,7 +261,7 @@ class Emitter:
         self.itemsize = 4 if real == "float" else 8
         self.loc: dict[int, Loc] = {}
         self.cname: dict[int, str] = {}
-        self.names_used: set[str] = set(_C_WORDS)
+        self.names_used: set[str] = set()
         self.statics: list[str] = []
         self._statics_by_text: dict[str, str] = {}
         self.workspace = 0
@@ -447,11 +473,11 @@ class Emitter:
     def _name(self, key: int, base: str) -> str:
         name = self.cname.get(key)
         if name is None:
-            base = "".join(c if c.isalnum() or c == "_" else "_" for c in base)
-            if not base or base[0].isdigit() or base in _C_WORDS:
-                base = f"v_{base}"
-            if base.startswith("mc_") or base.startswith("MC_"):
-                base = f"v_{base}"
+            # Every name taken from a user string gets the prefix ``v_``: it cannot
+            # be a C keyword, a macro (NAN, errno ...), a kernel (mc_*) or a local of
+            # a lowering (t0, i0, o, row ...), and holds ASCII [A-Za-z0-9_] only.
+            base = "".join(c if c in _IDENTIFIER_CHARS else "_" for c in base)
+            base = f"v_{base[:_MAX_IDENTIFIER]}"
             name = base
             index = 1
             while name in self.names_used:
@@ -602,7 +628,10 @@ class Emitter:
         if isinstance(value, bool):
             return "1" if value else "0"
         if isinstance(value, int) and ctype not in ("real", "float", "double"):
-            return f"(({ctype or 'int64_t'}){value})"
+            if not -(2**63) <= value < 2**64:
+                msg = f"Backend 'c': the integer constant {value} does not fit 64 bits."
+                raise CompileError(msg)
+            return f"(({ctype or 'int64_t'}){int(value)})"
         value = float(value)
         cast = ctype if ctype in ("float", "double") else "real"
         if math.isnan(value):
@@ -805,7 +834,7 @@ class Emitter:
             accesses.append((pointer, contiguous_strides(shape)))
             body.append(f"\x00{index}\x00 = {temp};")
         ops = ", ".join(n.op for n in nodes)
-        self.line(f"/* {ops} */")
+        self.line(f"/* {comment_text(ops)} */")
         self._emit_loop(shape, accesses, body)
 
     def emit_elementwise_vjp(self, node: Node, needs: tuple[bool, ...]) -> None:
@@ -860,7 +889,7 @@ class Emitter:
             expr = vjps[j].format(*args, **named)  # type: ignore[union-attr]
             body.append(f"\x00{index}\x00 {mode[id(value)]} {expr};")
             mode[id(value)] = "+="
-        self.line(f"/* {node.op} vjp */")
+        self.line(f"/* {comment_text(node.op)} vjp */")
         self._emit_loop(shape, accesses, body)
 
     def _operand_ptr(
@@ -955,21 +984,22 @@ def generate(
             )
         else:
             results[key] = (em.loc[id(value)], shape_of(value), em.dtype(value))
+    slots = [
+        *(f"io[{i}]: input {k}" for i, k in enumerate(em.input_keys)),
+        *(
+            f"io[{em.output_slots[id(v)]}]: output {k}"
+            for k, v in graph.outputs.items()
+            if id(v) in em.output_slots
+        ),
+        *(f"og[{i}]: gradient of output {k}" for i, k in enumerate(seeds)),
+    ]
     header = [
         "/* Generated by mithril_c: one compiled model, element type "
         f"{em.real_numpy}. */",
-        "/* io[]: inputs "
-        + ", ".join(f"{i}={k}" for i, k in enumerate(em.input_keys))
-        + ", outputs "
-        + ", ".join(
-            f"{em.output_slots[id(v)]}={k}"
-            for k, v in graph.outputs.items()
-            if id(v) in em.output_slots
-        )
+        "/* io[]: inputs, outputs"
         + (f", then {len(em.constants)} constant(s)" if em.constants else "")
-        + "; ws: workspace; og[]: output gradients "
-        + ", ".join(f"{i}={k}" for i, k in enumerate(seeds))
-        + ". */",
+        + "; ws: workspace; og[]: output gradients. */",
+        *(f"/* {comment_text(text)} */" for text in slots),
         '#include "mithril_c.h"',
         "",
         *em.statics,
@@ -1041,7 +1071,7 @@ def _forward(
             continue
         if id(node) in grouped or id(node.output) in em.virtual:
             continue
-        em.line(f"/* {node.path}: {node.op} */")
+        em.line(f"/* {comment_text(f'{node.path}: {node.op}')} */")
         em.lowerings[node.op][0](em, node)
     return em.end(f"MC_DISPATCH int {name}(real *const *io, real *ws)")
 
@@ -1113,7 +1143,7 @@ def _backward(
         needs = _needs(node, requires)
         if not any(needs):
             continue
-        em.line(f"/* {node.path}: {node.op} vjp */")
+        em.line(f"/* {comment_text(f'{node.path}: {node.op}')} vjp */")
         if em.is_elementwise(node):
             em.emit_elementwise_vjp(node, needs)
         else:

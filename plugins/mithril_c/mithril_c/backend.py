@@ -106,7 +106,7 @@ class CBackend(Backend):
         inference: bool,
         file_path: str | None,
     ) -> Program:
-        from mithril_c._codegen import unresolved
+        from mithril_c._codegen import comment_text, unresolved
         from mithril_c._specialize import assumed, specialize
 
         # compile restricts the trainable inputs to float tensors last: propagate it.
@@ -146,9 +146,10 @@ class CBackend(Backend):
                     program.forward_backward = lazy.default.forward_backward
                 return program
         else:
+            listed = comment_text(", ".join(unknown[:8]))
             program.source = (
                 "/* mithril_c: not generated yet. The shapes or dtypes of "
-                f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''} are "
+                f"{listed}{' ...' if len(unknown) > 8 else ''} are "
                 "known only from the data: the C code is generated (and built) at the "
                 "first evaluate, once per set of input shapes and dtypes; this then "
                 "holds the latest. Give compile(shapes=...) to generate it at compile "

@@ -90,7 +90,8 @@ static inline float mc_tanhf(float x) {
 }
 
 /* -- element-wise scalar helpers (elementwise.c documents the array kernels) ------- */
-static inline real mc_relu(real x) { return x > 0 ? x : 0; }
+/* NaN propagates (x <= 0 is false for NaN), as in NumPy and torch. */
+static inline real mc_relu(real x) { return x <= 0 ? 0 : x; }
 static inline real mc_sign(real x) { return (real)((x > 0) - (x < 0)); }
 static inline real mc_sigmoid(real x) {
     /* Stable on both sides (exp of a non-positive number only), branch-free. */
@@ -105,11 +106,13 @@ static inline real mc_silu_grad(real x, real y) {
     real s = mc_sigmoid(x);
     return s + y * (1 - s);
 }
-static inline real mc_max2(real a, real b) { return a > b ? a : b; }
-static inline real mc_min2(real a, real b) { return a < b ? a : b; }
-/* Gradient share of the left operand of maximum/minimum: 1, 0 or 1/2 on ties. */
-static inline real mc_pick(int left_wins, real a, real b) {
-    return a == b ? (real)0.5 : (real)left_wins;
+/* A NaN operand wins (the left one first), as NumPy's maximum/minimum. */
+static inline real mc_max2(real a, real b) { return (a > b || a != a) ? a : b; }
+static inline real mc_min2(real a, real b) { return (a < b || a != a) ? a : b; }
+/* Gradient share of one operand of maximum/minimum: 1/2 on ties, 0 where it loses,
+ * else 1 (torch: with a NaN operand neither loses, both get the whole gradient). */
+static inline real mc_share(int loses, real a, real b) {
+    return a == b ? (real)0.5 : (real)!loses;
 }
 /* PyTorch's derivatives of b ** e: d/db is 0 where e == 0 (not 0 * inf at 0 ** 0),
  * d/de is 0 where b == 0 <= e and y * log(b) elsewhere (NaN for b < 0). */

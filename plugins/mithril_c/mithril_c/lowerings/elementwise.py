@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from mithril_c.lowerings._types import CLowering
 
-_PICK_MAX = "{g} * mc_pick({0} > {1}, {0}, {1})"
-_PICK_MAX_RIGHT = "{g} * mc_pick({1} > {0}, {1}, {0})"
-_PICK_MIN = "{g} * mc_pick({0} < {1}, {0}, {1})"
-_PICK_MIN_RIGHT = "{g} * mc_pick({1} < {0}, {1}, {0})"
+_PICK_MAX = "{g} * mc_share({0} < {1}, {0}, {1})"
+_PICK_MAX_RIGHT = "{g} * mc_share({0} > {1}, {0}, {1})"
+_PICK_MIN = "{g} * mc_share({0} > {1}, {0}, {1})"
+_PICK_MIN_RIGHT = "{g} * mc_share({0} < {1}, {0}, {1})"
 _NO_GRAD = (None, None)
 _TRUTH = {"raw": (0, 1)}
 
@@ -52,7 +52,7 @@ LOWERINGS: dict[str, CLowering] = {
     "sqrt": ("MC_SQRT({0})", ("(real)0.5 * {g} / {y}",)),
     "sine": ("MC_SIN({0})", ("{g} * MC_COS({0})",)),
     "cosine": ("MC_COS({0})", ("-{g} * MC_SIN({0})",)),
-    "relu": ("mc_relu({0})", ("({y} > 0 ? {g} : 0)",), {"int": "({0} > 0 ? {0} : 0)"}),
+    "relu": ("mc_relu({0})", ("({y} <= 0 ? 0 : {g})",), {"int": "({0} > 0 ? {0} : 0)"}),
     "sigmoid": ("mc_sigmoid({0})", ("{g} * {y} * (1 - {y})",)),
     "tanh": ("MC_TANH({0})", ("{g} * (1 - {y} * {y})",)),
     "softplus": ("mc_softplus({0})", ("{g} * mc_sigmoid({0})",)),

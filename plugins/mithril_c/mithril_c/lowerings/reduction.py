@@ -7,6 +7,7 @@ import numpy as np
 
 from mithril_c._codegen import Emitter, contiguous_strides, loop_nest
 from mithril_c.lowerings._types import CLowering, dtypes
+from mithril_core.errors import ShapeError
 from mithril_core.physical.flat import Node, Value
 
 Needs = tuple[bool, ...]
@@ -101,8 +102,21 @@ _LIMITS = {
 }
 
 
+def _nonempty(ctx: Emitter, node: Node, count: int) -> None:
+    """NumPy and torch refuse max/argmax ... over no elements; so does the C."""
+    if count == 0:
+        shape = list(ctx.shape(node.inputs[0]))
+        msg = (
+            f"{node.path}: {node.op!r} over an empty axis (input shape {shape}, axis "
+            f"{node.inputs[1].constant!r}) has no result; give data with at least one "
+            "element along the reduced axes."
+        )
+        raise ShapeError(msg)
+
+
 def _extreme(ctx: Emitter, node: Node, better: str) -> None:
-    shape, strides, _ = _layout(ctx, node)
+    shape, strides, count = _layout(ctx, node)
+    _nonempty(ctx, node, count)
     out = ctx.out(node)
     x = ctx.ptr(node.inputs[0])
     dtype = np.dtype(ctx.dtype(node.output))
@@ -194,6 +208,7 @@ def _arg_extreme(ctx: Emitter, node: Node, better: str) -> None:
             shape[axis],
             math.prod(shape[axis + 1 :]),
         )
+    _nonempty(ctx, node, count)
     out, x = ctx.out(node), ctx.ptr(node.inputs[0])
     ctype = ctx.ctype(node.inputs[0])
     # The first extreme wins; a NaN beats everything (the first NaN), as NumPy.

@@ -7,7 +7,7 @@ import numpy as np
 
 from mithril_c._codegen import Emitter, broadcast_strides, contiguous_strides
 from mithril_c.lowerings._types import CLowering, dtypes
-from mithril_core.errors import CompileError
+from mithril_core.errors import CompileError, ShapeError
 from mithril_core.physical.flat import Node, Value
 
 Needs = tuple[bool, ...]
@@ -70,8 +70,12 @@ def expand_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 def _basic(index: Any) -> bool:
     parts = index if isinstance(index, tuple) else (index,)
+    # A bool is an int to Python but a mask to NumPy (a copy, not a view).
     return all(
-        p is None or p is Ellipsis or isinstance(p, int | np.integer | slice)
+        p is None
+        or p is Ellipsis
+        or isinstance(p, slice)
+        or (isinstance(p, int | np.integer) and not isinstance(p, bool | np.bool_))
         for p in parts
     )
 
@@ -98,13 +102,30 @@ def _view(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, ...], i
             f"None, ...), not {index!r}."
         )
         raise CompileError(msg)
-    # A fake int8 array (never read) gives NumPy's view arithmetic in elements.
+    # A fake int8 array (never read) gives NumPy's view arithmetic in elements. A
+    # trailing Ellipsis keeps a 0-d result a view (x[i] alone is a NumPy scalar, a
+    # copy elsewhere in memory).
     fake = np.lib.stride_tricks.as_strided(
         np.zeros(1, dtype=np.int8), shape=shape, strides=contiguous_strides(shape)
     )
-    view = fake[index]
+    parts = index if isinstance(index, tuple) else (index,)
+    if not any(p is Ellipsis for p in parts):
+        parts = (*parts, Ellipsis)
+    try:
+        view = fake[parts]
+    except IndexError as exc:
+        msg = f"{node.path}: index {index!r} is out of range for shape {list(shape)}."
+        raise ShapeError(msg) from exc
     start = fake.__array_interface__["data"][0]
     offset = view.__array_interface__["data"][0] - start
+    # Every element the view reaches lies inside the input (else the C would read
+    # or write out of bounds).
+    steps = [(n - 1) * s for n, s in zip(view.shape, view.strides, strict=True)]
+    low = offset + sum(min(0, step) for step in steps)
+    high = offset + sum(max(0, step) for step in steps)
+    if view.size and (low < 0 or high >= math.prod(shape)):
+        msg = f"internal: {node.path}: the view of {index!r} leaves the input."
+        raise CompileError(msg)
     return view.shape, view.strides, offset
 
 
