@@ -6,6 +6,14 @@ archive. The cache key of a model is a hash of the generated source, the kernel
 sources, the flags and the Python/cffi versions; a hit imports the cached library
 without running the compiler. Cache: ``$MITHRIL_C_CACHE``, else
 ``$XDG_CACHE_HOME/mithril_c``, else ``~/.cache/mithril_c``.
+
+Whatever sits in the cache is loaded into the process, so the cache is private: it is
+created with mode 0700, and a directory owned by another user or writable by group or
+others is refused. Libraries and kernel archives are built in a temporary directory
+inside the cache and renamed into place (atomic); the SHA-256 of each is recorded
+beside it (``<file>.sha256``, written the same way) and checked before every use. A
+file whose record is missing or does not match (planted, truncated, damaged) is
+rebuilt, never loaded.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import importlib.util
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -24,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from mithril_core.errors import CompileError
+from mithril_c._codegen import c_string
+from mithril_core.errors import CompileError, MithrilError
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 KERNELS = ("elementwise.c", "reduction.c", "shape.c", "linalg.c", "nn.c", "loss.c")
@@ -52,14 +62,90 @@ class Stats:
 STATS = Stats()
 
 
+class UnsafeCacheError(MithrilError, PermissionError):
+    """The C build cache is not private to the current user: libraries found there
+    could have been planted, so nothing is built or loaded from it."""
+
+
+_RECORD = ".sha256"
+
+
 def cache_dir() -> Path:
+    """The build cache, created (mode 0700) if missing and checked to be private."""
     explicit = os.environ.get("MITHRIL_C_CACHE")
     if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache"
+        path = Path(explicit)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".cache"
+        )
+        path = Path(base) / "mithril_c"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(path)
+    return path
+
+
+def _check_private(path: Path) -> None:
+    info = path.stat()
+    uid = os.getuid()
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory"
+    elif info.st_uid != uid:
+        problem = f"is owned by uid {info.st_uid}, not by the current user (uid {uid})"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        mode = stat.S_IMODE(info.st_mode)
+        problem = f"is writable by group or others (mode {mode:04o})"
+    if problem is None:
+        return
+    msg = (
+        f"Backend 'c': the build cache {path} {problem}; a library planted there "
+        "would run inside this process, so it is not used. Make it private "
+        f"(`chmod 700 {shlex.quote(str(path))}` on a directory you own) or set "
+        "MITHRIL_C_CACHE to a private directory of your own (created with mode "
+        "0700 if missing)."
     )
-    return Path(base) / "mithril_c"
+    raise UnsafeCacheError(msg)
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(path: Path) -> bool:
+    """Whether ``path`` exists and its content has the SHA-256 recorded at build
+    time (a missing or unreadable record counts as a mismatch)."""
+    record = path.with_name(path.name + _RECORD)
+    try:
+        expected = record.read_text(encoding="ascii").strip()
+        return _digest(path) == expected
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _install(built: Path, target: Path, workdir: Path) -> None:
+    """Move ``built`` (inside ``workdir``, in the cache) to ``target`` with its
+    SHA-256 record, each by an atomic rename. The record goes first: a reader that
+    sees the new record beside the old file finds a mismatch and rebuilds."""
+    record = workdir / (target.name + _RECORD)
+    record.write_text(_digest(built) + "\n", encoding="ascii")
+    os.replace(record, target.with_name(target.name + _RECORD))
+    os.replace(built, target)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def _openblas() -> tuple[str, str, str]:
@@ -110,15 +196,14 @@ def build(
         digest.update(b"\0")
     name = f"_mithril_c_{digest.hexdigest()[:24]}"
     directory = cache_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     library_path = directory / f"{name}{suffix}"
     source_path = directory / f"{name}.model.c"
-    if library_path.exists():
+    if name in sys.modules or _verified(library_path):
         STATS.cached += 1
         return _load(name, library_path), source_path
     archive = _kernels(real, cflags, include)
-    source_path.write_text(source)
+    _write_atomic(source_path, source)
     _compile(
         name,
         source,
@@ -150,7 +235,7 @@ def _kernels(real: str, cflags: tuple[str, ...], include: str) -> Path:
         digest.update(b"\0")
     directory = cache_dir()
     archive = directory / f"_mithril_c_kernels_{digest.hexdigest()[:24]}.a"
-    if archive.exists():
+    if _verified(archive):
         return archive
     workdir = Path(tempfile.mkdtemp(prefix="kernels-", dir=directory))
     try:
@@ -189,7 +274,7 @@ def _kernels(real: str, cflags: tuple[str, ...], include: str) -> Path:
                 + "\n".join(failures).strip()
             )
             raise CompileError(msg)
-        os.replace(workdir / archive.name, archive)  # atomic: concurrent builders agree
+        _install(workdir / archive.name, archive, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return archive
@@ -222,7 +307,7 @@ def _compile(
     # The #line makes compiler messages point into the generated file.
     ffi.set_source(
         name,
-        f'#line 1 "{source_path}"\n{source}',
+        f"#line 1 {c_string(str(source_path))}\n{source}",
         include_dirs=[str(CSRC), include],
         extra_objects=[str(archive)],
         library_dirs=[libdir],
@@ -244,7 +329,7 @@ def _compile(
                 f"{exc}\n{output.strip()}"
             )
             raise CompileError(msg) from exc
-        os.replace(built, library_path)  # atomic: concurrent builders agree
+        _install(Path(built), library_path, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
