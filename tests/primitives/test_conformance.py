@@ -14,6 +14,7 @@ strictly.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -452,6 +453,55 @@ def binary_cross_entropy_logits(x: np.ndarray, target: np.ndarray) -> np.ndarray
     return target * np.logaddexp(0.0, -x) + (1 - target) * np.logaddexp(0.0, x)
 
 
+def _torch_run(fn: Callable[..., Any], arrays: list[np.ndarray]) -> tuple[list, Any]:
+    """``fn`` on float64 torch tensors (float arrays require grad) and its result."""
+    import torch
+
+    tensors = [
+        torch.tensor(a, dtype=torch.float64, requires_grad=True)
+        if _is_float(a)
+        else torch.from_numpy(a)
+        for a in arrays
+    ]
+    # torch warns where the case is the point (variance with no degrees of freedom).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "var\\(\\): degrees of freedom", UserWarning)
+        return tensors, fn(*tensors)
+
+
+def by_torch(fn: Callable[..., Any]) -> dict[str, Callable[..., Any]]:
+    """``reference`` and ``grad_reference`` of a case from torch autograd: ``fn`` maps
+    torch tensors (in table order) to the output, as PyTorch defines the op."""
+
+    def reference(*arrays: np.ndarray) -> np.ndarray:
+        return _torch_run(fn, list(arrays))[1].detach().numpy()
+
+    def grad_reference(
+        inputs: dict[str, np.ndarray], g: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        import torch
+
+        tensors, out = _torch_run(fn, list(inputs.values()))
+        keys = [k for k, t in zip(inputs, tensors, strict=True) if t.requires_grad]
+        wrt = [t for t in tensors if t.requires_grad]
+        found = torch.autograd.grad(out, wrt, torch.from_numpy(g))
+        return {k: v.numpy() for k, v in zip(keys, found, strict=True)}
+
+    return {"reference": reference, "grad_reference": grad_reference}
+
+
+def torch_bce(p: Any, t: Any) -> Any:
+    import torch.nn.functional as F  # noqa: N812 - the usual spelling
+
+    return F.binary_cross_entropy(p, t, reduction="none")
+
+
+def torch_bce_logits(x: Any, t: Any) -> Any:
+    import torch.nn.functional as F  # noqa: N812 - the usual spelling
+
+    return F.binary_cross_entropy_with_logits(x, t, reduction="none")
+
+
 # -- the table --
 @dataclass(frozen=True, eq=False)
 class Case:
@@ -572,6 +622,24 @@ CASES: list[Case] = [
         op(Power, call={"exponent": 3.0}),
         {"base": randn(3, 4)},
         lambda x: x**3.0,
+    ),
+    # Where b ** e has no derivative (or an infinite one), gradients are PyTorch's:
+    # d/db is 0 where e == 0, d/de is 0 where b == 0 <= e and NaN where b < 0. (0 ** -1
+    # and (-0.5) ** 0.5, where NumPy's forward warns: tests/reliability/test_numerics.py)
+    case(
+        "power_base_zero_and_negative",
+        op(Power),
+        {
+            "base": np.array([[0.0, 0.0, 0.0, 0.0], [-2.0, -2.0, -2.0, 1.5]]),
+            "exponent": np.array([[0.0, 1.0, 2.0, 0.5], [2.0, 3.0, -1.0, 0.0]]),
+        },
+        **by_torch(lambda b, e: b**e),
+    ),
+    case(
+        "power_scalar_exponent_zero",
+        op(Power, call={"exponent": 0.0}),
+        {"base": np.array([0.0, -2.0, 1.5])},
+        **by_torch(lambda b: b**0.0),
     ),
     case(
         "minimum",
@@ -850,6 +918,19 @@ CASES: list[Case] = [
         op(Variance, axis=(0, 2), keepdim=True),
         {"input": randn(2, 3, 4)},
         lambda x: variance(x, (0, 2), True, 0),
+    ),
+    # One sample, correction 1: no degrees of freedom, NaN value and gradient (PyTorch).
+    case(
+        "variance_one_sample_correction",
+        op(Variance, axis=1, correction=1),
+        {"input": randn(3, 1)},
+        **by_torch(lambda x: x.var(dim=1, correction=1)),
+    ),
+    case(
+        "variance_all_one_element_correction",
+        op(Variance, correction=1),
+        {"input": randn(1)},
+        **by_torch(lambda x: x.var(correction=1)),
     ),
     case("arg_max_all", op(ArgMax), {"input": distinct(3, 4)}, np.argmax, grads=False),
     case(
@@ -1315,6 +1396,27 @@ CASES: list[Case] = [
         op(BinaryCrossEntropy, input_type="logits"),
         {"input": 3 * randn(3, 4), "target": unit(3, 4)},
         binary_cross_entropy_logits,
+    ),
+    # At logit 0 the gradient is sigmoid(0) - target, with no kink.
+    case(
+        "binary_cross_entropy_logits_at_zero",
+        op(BinaryCrossEntropy, input_type="logits"),
+        {
+            "input": np.array([[0.0, 0.0, 0.0], [0.0, 1.5, -2.0]]),
+            "target": np.array([[1.0, 0.0, 0.5], [0.25, 1.0, 0.0]]),
+        },
+        **by_torch(torch_bce_logits),
+    ),
+    # p = 0 or 1: logs clamped at -100 and the input gradient's denominator at 1e-12,
+    # as PyTorch (whose target gradient, -logit(p), is infinite there).
+    case(
+        "binary_cross_entropy_probs_at_0_and_1",
+        op(BinaryCrossEntropy),
+        {
+            "input": np.array([[0.0, 0.0, 1.0, 1.0], [0.25, 0.6, 1e-30, 0.5]]),
+            "target": np.array([[0.0, 1.0, 0.0, 1.0], [0.5, 1.0, 0.3, 0.5]]),
+        },
+        **by_torch(torch_bce),
     ),
 ]
 
