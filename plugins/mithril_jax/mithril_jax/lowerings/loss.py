@@ -27,9 +27,12 @@ def _log_q(input: jax.Array, axis: int, input_type: str) -> jax.Array:
 def cross_entropy(
     input: jax.Array, target: jax.Array, axis: int, input_type: str
 ) -> jax.Array:
+    # As embedding: a computed class outside [0, classes) gives NaN and no gradient.
+    valid = (target >= 0) & (target < input.shape[axis])
+    index = jnp.expand_dims(jnp.where(valid, target, 0), axis)
     log_q = _log_q(input, axis, input_type)
-    picked = jnp.take_along_axis(log_q, jnp.expand_dims(target, axis), axis=axis)
-    return -jnp.squeeze(picked, axis)
+    picked = jnp.take_along_axis(log_q, index, axis=axis, mode="clip")
+    return jnp.where(valid, -jnp.squeeze(picked, axis), jnp.nan)
 
 
 def cross_entropy_soft(

@@ -135,7 +135,12 @@ def adaptive_avg_pool2d(input: jax.Array, output_size: Any) -> jax.Array:
 
 
 def embedding(input: jax.Array, weight: jax.Array) -> jax.Array:
-    return jnp.take(weight, input, axis=0)
+    # Ids computed in the graph are not checked before dispatch (data ids are) and a
+    # jitted function cannot raise: an id outside [0, rows) gives a NaN row and no
+    # gradient, never another row (MLX does the same).
+    valid = (input >= 0) & (input < weight.shape[0])
+    rows = jnp.take(weight, jnp.where(valid, input, 0), axis=0, mode="clip")
+    return jnp.where(valid[..., None], rows, jnp.nan)
 
 
 def scaled_dot_product_masked(

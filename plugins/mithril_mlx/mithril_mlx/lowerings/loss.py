@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +24,12 @@ def _log_q(input: mx.array, axis: int, input_type: str) -> mx.array:
 def cross_entropy(
     input: mx.array, target: mx.array, axis: int, input_type: str
 ) -> mx.array:
-    log_q = _log_q(input, axis, input_type)
-    picked = mx.take_along_axis(log_q, mx.expand_dims(target, axis), axis=axis)
-    return -mx.squeeze(picked, axis)
+    # As embedding: a computed class outside [0, classes) picks class 0 (MLX does not
+    # check gather indices) and gives NaN and no gradient.
+    valid = mx.logical_and(target >= 0, target < input.shape[axis])
+    index = mx.expand_dims(mx.where(valid, target, 0), axis)
+    picked = mx.take_along_axis(_log_q(input, axis, input_type), index, axis=axis)
+    return mx.where(valid, -mx.squeeze(picked, axis), math.nan)
 
 
 def cross_entropy_soft(

@@ -131,7 +131,13 @@ def adaptive_avg_pool2d(input: mx.array, output_size: Any) -> mx.array:
 
 
 def embedding(input: mx.array, weight: mx.array) -> mx.array:
-    return mx.take(weight, input, axis=0)
+    # MLX does not check gather indices (out of range: a crash, or a write into another
+    # row) and cannot raise in a compiled function; data ids are checked before
+    # dispatch, ids computed in the graph are not: an id outside [0, rows) reads row 0
+    # and gives a NaN row and no gradient, never another row (JAX does the same).
+    valid = mx.logical_and(input >= 0, input < weight.shape[0])
+    rows = mx.take(weight, mx.where(valid, input, 0), axis=0)
+    return mx.where(mx.expand_dims(valid, -1), rows, math.nan)
 
 
 def scaled_dot_product_masked(
