@@ -13,9 +13,21 @@ if TYPE_CHECKING:
     from mithril_core.physical.physical_model import PhysicalModel
 
 
-def _quote(text: str) -> str:
-    # Labels may hold DOT's own "\n" line breaks: only quotes are escaped.
-    return '"' + text.replace('"', '\\"') + '"'
+def _quote(*lines: str) -> str:
+    """A quoted DOT string showing ``lines`` (user text: names) one per line.
+
+    Backslashes and quotes are escaped, so a name cannot end the string early or
+    reach DOT's own escapes (``\\N``, ``\\G``); line breaks become DOT's ``\\n``.
+    """
+    escaped = (
+        line.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\r\n", "\\n")
+        .replace("\r", "\\n")
+        .replace("\n", "\\n")
+        for line in lines
+    )
+    return '"' + "\\n".join(escaped) + '"'
 
 
 def model_to_dot(model: BaseModel) -> str:
@@ -33,8 +45,8 @@ def model_to_dot(model: BaseModel) -> str:
             node_id = f"n{len(primitives)}"
             primitives.append((current, node_id))
             producers[id(current._terminals["output"].find())] = node_id
-            label = f"{path or current.op_name}\\n{current.op_name}"
-            lines.append(f"{indent}{node_id} [label={_quote(label)}];")
+            label = _quote(path or current.op_name, current.op_name)
+            lines.append(f"{indent}{node_id} [label={label}];")
             return
         assert isinstance(current, Model)
         clusters.append(path)
@@ -82,8 +94,8 @@ def physical_to_dot(pm: PhysicalModel) -> str:
         )
     for index, node in enumerate(pm.graph.nodes):
         node_id = f"op_{index}"
-        label = f"{node.op}\\n{node.output.name} {node.output.shape()}"
-        lines.append(f"  {node_id} [label={_quote(label)}, shape=box];")
+        label = _quote(node.op, f"{node.output.name} {node.output.shape()}")
+        lines.append(f"  {node_id} [label={label}, shape=box];")
         for position, value in enumerate(node.inputs):
             source = ids.get(id(value))
             if source is not None:

@@ -244,8 +244,10 @@ def model_from_json(
 
 def _read_document(path: str | os.PathLike[str]) -> str:
     with Path(path).open("rb") as handle:
-        raw = handle.read(MAX_DOCUMENT_CHARS + 1)
-    if len(raw) > MAX_DOCUMENT_CHARS:
+        size = os.fstat(handle.fileno()).st_size
+        # A pipe or device reports no size: read one byte past the limit to tell.
+        raw = b"" if size > MAX_DOCUMENT_CHARS else handle.read(MAX_DOCUMENT_CHARS + 1)
+    if size > MAX_DOCUMENT_CHARS or len(raw) > MAX_DOCUMENT_CHARS:
         msg = (
             f"{os.fspath(path)}: larger than MAX_DOCUMENT_CHARS={MAX_DOCUMENT_CHARS} "
             "bytes; raise mithril_core.logical.serialize.MAX_DOCUMENT_CHARS if you "
@@ -280,59 +282,74 @@ def _allowed_classes(
 
 def _check_json_values(data: Any) -> None:
     """Refuse anything but JSON values, and documents over the size limits, before
-    reading any of it (iteratively: a deep document must not exhaust the stack)."""
-    budget = MAX_VALUES
-    stack: list[tuple[Any, _Place, int]] = [(data, None, 0)]
+    reading any of it (iteratively: a deep document must not exhaust the stack).
+
+    A container's length is charged to the budget when the container is found, before
+    its items are looked at: a list of a billion elements is refused at once.
+    """
+    budget = MAX_VALUES - 1
+    stack: list[tuple[Any, _Place, int]] = []
+    _check_json_value(data, None, 0, stack, budget)
+    budget -= len(data) if type(data) in (dict, list) else 0
     while stack:
-        value, place, depth = stack.pop()
-        kind = type(value)
-        if kind is dict or kind is list:
-            if depth >= MAX_DEPTH:
-                msg = f"{_render(place)}: nested deeper than MAX_DEPTH={MAX_DEPTH}."
+        container, place, depth = stack.pop()
+        items = container.items() if type(container) is dict else enumerate(container)
+        for key, item in items:
+            if type(key) is not str and type(container) is dict:
+                msg = f"{_render(place)}: object key {key!r} is not a string."
                 raise ModelDocumentError(msg)
-            budget -= len(value)
-            if budget < 0:
+            if type(key) is str and len(key) > MAX_STRING_LENGTH:
                 msg = (
-                    f"{_render(place)}: the document holds more than MAX_VALUES="
-                    f"{MAX_VALUES} values; raise mithril_core.logical.serialize."
-                    "MAX_VALUES if you trust it."
+                    f"{_render(place)}: an object key of {len(key)} characters, "
+                    f"more than MAX_STRING_LENGTH={MAX_STRING_LENGTH}."
                 )
                 raise ModelDocumentError(msg)
-            if kind is list:
-                stack.extend(
-                    (item, (place, index), depth + 1)
-                    for index, item in enumerate(value)
-                )
+            kind = type(item)
+            if kind is float or kind is bool or item is None:
                 continue
-            for key, item in value.items():
-                if type(key) is not str:
-                    msg = f"{_render(place)}: object key {key!r} is not a string."
-                    raise ModelDocumentError(msg)
-                if len(key) > MAX_STRING_LENGTH:
-                    msg = (
-                        f"{_render(place)}: an object key of {len(key)} characters, "
-                        f"more than MAX_STRING_LENGTH={MAX_STRING_LENGTH}."
-                    )
-                    raise ModelDocumentError(msg)
-                stack.append((item, (place, key), depth + 1))
-        elif kind is str:
-            if len(value) > MAX_STRING_LENGTH:
-                msg = (
-                    f"{_render(place)}: a string of {len(value)} characters, more "
-                    f"than MAX_STRING_LENGTH={MAX_STRING_LENGTH}."
-                )
-                raise ModelDocumentError(msg)
-        elif kind is int:
-            # int64 or, for uint64 array constants, up to 2**64 - 1.
-            if not _INT64[0] <= value < 2**64:
-                msg = f"{_render(place)}: integer out of the 64-bit range."
-                raise ModelDocumentError(msg)
-        elif not (kind is float or kind is bool or value is None):
+            _check_json_value(item, (place, key), depth + 1, stack, budget)
+            if kind is dict or kind is list:
+                budget -= len(item)
+
+
+def _check_json_value(
+    value: Any,
+    place: _Place,
+    depth: int,
+    stack: list[tuple[Any, _Place, int]],
+    budget: int,
+) -> None:
+    kind = type(value)
+    if kind is dict or kind is list:
+        if depth >= MAX_DEPTH:
+            msg = f"{_render(place)}: nested deeper than MAX_DEPTH={MAX_DEPTH}."
+            raise ModelDocumentError(msg)
+        if len(value) > budget:
             msg = (
-                f"{_render(place)}: a {kind.__name__} is not a JSON value "
-                "(expected an object, list, string, number, boolean or null)."
+                f"{_render(place)}: the document holds more than MAX_VALUES="
+                f"{MAX_VALUES} values; raise mithril_core.logical.serialize."
+                "MAX_VALUES if you trust it."
             )
             raise ModelDocumentError(msg)
+        stack.append((value, place, depth))
+    elif kind is str:
+        if len(value) > MAX_STRING_LENGTH:
+            msg = (
+                f"{_render(place)}: a string of {len(value)} characters, more "
+                f"than MAX_STRING_LENGTH={MAX_STRING_LENGTH}."
+            )
+            raise ModelDocumentError(msg)
+    elif kind is int:
+        # int64 or, for uint64 array constants, up to 2**64 - 1.
+        if not _INT64[0] <= value < 2**64:
+            msg = f"{_render(place)}: integer out of the 64-bit range."
+            raise ModelDocumentError(msg)
+    elif not (kind is float or kind is bool or value is None):
+        msg = (
+            f"{_render(place)}: a {kind.__name__} is not a JSON value "
+            "(expected an object, list, string, number, boolean or null)."
+        )
+        raise ModelDocumentError(msg)
 
 
 def _render(place: _Place) -> str:
@@ -443,10 +460,11 @@ class _Reader:
             raise _fail(path, f"expected a model object, got {_kind(data)}.")
         class_name = _required(data, "class", path)
         if type(class_name) is not str:
-            raise _fail(_field(path, "class"), f"expected a string, got {_kind(data)}.")
+            raise _fail(
+                _field(path, "class"), f"expected a string, got {_kind(class_name)}."
+            )
         if class_name == "Model":
             return self.plain_model(data, path)
-        _expect_object(data, path, ("class", "args"))
         cls = self.classes.get(class_name)
         if cls is None:
             short = class_name.rpartition(":")[2].rpartition(".")[2] or "MyModel"
@@ -454,6 +472,7 @@ class _Reader:
                 path=path or "document", name=class_name, short=short
             )
             raise ModelDocumentError(msg)
+        _expect_object(data, path, ("class", "args"))
         args_path = _field(path, "args")
         args = _required(data, "args", path)
         if type(args) is not dict:

@@ -24,6 +24,9 @@ def _table(
 ) -> str:
     """Columns padded to their widest cell; the last ``numeric`` columns (counts)
     right-aligned; ``total`` below a rule."""
+    # Names are user text: a line break or terminal escape in one must not forge rows.
+    header, rows = _printable_row(header), [_printable_row(r) for r in rows]
+    total = _printable_row(total) if total else None
     everything = [header, *rows, *([total] if total else [])]
     widths = [max(len(r[i]) for r in everything) for i in range(len(header))]
     first_numeric = len(header) - numeric
@@ -40,6 +43,15 @@ def _table(
     if total is not None:
         lines += [rule, line(total)]
     return "\n".join(lines)
+
+
+def _printable_row(cells: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(
+        cell
+        if cell.isprintable()
+        else "".join(c if c.isprintable() else repr(c)[1:-1] for c in cell)
+        for cell in cells
+    )
 
 
 def format_flops(count: int | None) -> str:
