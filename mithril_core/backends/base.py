@@ -104,6 +104,13 @@ class Backend(ABC):
         """Return ``(shape, dtype name)`` if ``value`` is an array of this backend, else
         ``None``. Used to validate evaluate inputs."""
 
+    def index_range(self, array: Any) -> tuple[int, int]:
+        """``(min, max)`` of a non-empty int array, as Python ints. evaluate checks
+        int inputs that index (embedding ids, class targets) with it before dispatch;
+        backends override it with one device reduction."""
+        values = self.to_numpy(array)
+        return int(values.min()), int(values.max())
+
     # ``placement`` (e.g. ``sharding=`` on a backend with a device mesh) goes to
     # :meth:`array` with the values.
     def zeros(

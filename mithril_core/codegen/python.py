@@ -10,12 +10,14 @@ from __future__ import annotations
 import inspect
 import keyword
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from mithril_core.errors import CompileError
 from mithril_core.logical import types as ty
 from mithril_core.physical.flat import FlatGraph, Node, Value
 
@@ -42,11 +44,19 @@ def accumulate(left: Any, right: Any) -> Any:
     return left + right
 
 
+# Names the generated source refers to besides its locals: the builtins literals use
+# (``float("inf")``, ``slice(...)``, ``Ellipsis``) and the function arguments.
+_RESERVED = frozenset(
+    {"float", "slice", "Ellipsis", "inputs", "output_gradients", "accumulate"}
+)
+
+
 class _Names:
-    """Local variable names: valid identifiers that do not shadow a lowering."""
+    """Local variable names: valid ASCII identifiers, unique, that shadow neither a
+    lowering nor a builtin. Keys are user strings; none reaches the source unchecked."""
 
     def __init__(self, reserved: set[str]) -> None:
-        self.reserved = set(reserved) | {"inputs", "output_gradients", "accumulate"}
+        self.reserved = set(reserved) | _RESERVED
         self.by_value: dict[int, str] = {}
         self.used: set[str] = set()
 
@@ -54,21 +64,37 @@ class _Names:
         key = id(value) if not prefix else hash((prefix, id(value)))
         name = self.by_value.get(key)
         if name is None:
-            base = prefix + value.name
-            if keyword.iskeyword(base) or base in self.reserved or base[0].isdigit():
-                base = f"{base}_"
-            name = base
-            index = 1
-            while name in self.used:
-                name = f"{base}_{index}"
-                index += 1
-            self.by_value[key] = name
-            self.used.add(name)
+            name = self.by_value[key] = self.fresh(prefix + value.name)
+        return name
+
+    def fresh(self, base: str) -> str:
+        """A new unique local name made from ``base``."""
+        base = _NOT_IDENTIFIER.sub("_", base) or "_"
+        if base[0].isdigit():
+            base = f"_{base}"
+        if keyword.iskeyword(base) or base in self.reserved:
+            base = f"{base}_"
+        name = base
+        index = 1
+        while name in self.used or name in self.reserved:
+            name = f"{base}_{index}"
+            index += 1
+        self.used.add(name)
         return name
 
 
+_NOT_IDENTIFIER = re.compile(r"[^0-9a-zA-Z_]")
+
+
 def _function_name(op: str) -> str:
-    return op.replace(".", "_")
+    name = op.replace(".", "_")
+    if not name.isidentifier() or not name.isascii() or keyword.iskeyword(name):
+        msg = (
+            f"Primitive op name {op!r} does not make a Python identifier; op names are "
+            "letters, digits, '_' and '.' (e.g. 'example_ops.swish')."
+        )
+        raise CompileError(msg)
+    return name
 
 
 class PythonCodegen:
@@ -115,7 +141,7 @@ class PythonCodegen:
             return literal
         name = self._constants.get(id(value))
         if name is None:
-            name = f"const_{len(self._constants)}_{value.name}"
+            name = self.names.fresh(f"const_{len(self._constants)}_{value.name}")
             self._constants[id(value)] = name
             self.namespace[name] = self.convert_constant(value.constant)
         return name
@@ -218,7 +244,7 @@ class PythonCodegen:
             if self.vjp_takes_needs[fname]:
                 args.append(f"needs={needs!r}")
             targets = [(j, v) for j, v in enumerate(node.inputs) if needs[j]]
-            result = f"_vjp_{i}"
+            result = self.names.fresh(f"_vjp_{i}")
             lines.append(f"{result} = {fname}_vjp({', '.join(args)})")
             for j, v in targets:
                 existing = grad_name.get(id(v))
@@ -260,20 +286,23 @@ def _is_sequence(value: Value) -> bool:
 
 
 def _literal(value: Any) -> str | None:
-    if value is None or isinstance(value, bool | int | str) or value is Ellipsis:
+    # Exact types only: a subclass (an IntEnum, a str with its own __repr__) goes to
+    # the namespace as a constant, never through its repr into the source.
+    kind = type(value)
+    if value is None or kind in (bool, int, str) or value is Ellipsis:
         return repr(value)
-    if isinstance(value, float):
+    if kind is float:
         if math.isfinite(value):
             return repr(value)
         return f"float({str(value)!r})"
-    if isinstance(value, slice):
+    if kind is slice:
         parts = [_literal(p) for p in (value.start, value.stop, value.step)]
         return None if None in parts else f"slice({', '.join(parts)})"  # type: ignore[arg-type]
-    if isinstance(value, tuple | list):
+    if kind in (tuple, list):
         parts = [_literal(v) for v in value]
         if None in parts:
             return None
-        if isinstance(value, list):
+        if kind is list:
             return "[" + ", ".join(parts) + "]"  # type: ignore[arg-type]
         return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"  # type: ignore[arg-type]
     if isinstance(value, np.generic):

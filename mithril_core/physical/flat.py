@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mithril_core.errors import CompileError
+from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import NOVALUE, Connection
 from mithril_core.logical.model import BaseModel, Model, Primitive
@@ -68,11 +70,16 @@ class FlatGraph:
     values: dict[int, Value] = field(default_factory=dict)
 
 
-def assign_names(model: Model) -> dict[int, str]:
+def assign_names(model: Model, aliases: dict[str, str] | None = None) -> dict[int, str]:
     """Key of every connection root: the ``_``-joined path where it is first named,
-    walking the tree top-down (so the shallowest name wins)."""
+    walking the tree top-down (so the shallowest name wins). Keys keep only ASCII
+    letters, digits and ``_``; ``aliases`` (when given) gets each name that changed
+    -> its key. Two names that become one key are refused (:class:`CompileError`)."""
     names: dict[int, str] = {}
     taken: set[str] = set()
+    # Key -> the name it was made from where sanitizing changed it: two names that
+    # sanitize to one key ("a.b" and "a_b") must not silently share or swap slots.
+    raw_of: dict[str, str] = {}
     queue: deque[tuple[BaseModel, str]] = deque([(model, "")])
     while queue:
         current, prefix = queue.popleft()
@@ -88,10 +95,27 @@ def assign_names(model: Model) -> dict[int, str]:
             root = conn.find()
             if id(root) in names:
                 continue
-            key = _unique(_IDENT.sub("_", prefix + name), taken)
+            raw = prefix + name
+            sanitized = _IDENT.sub("_", raw)
+            if sanitized in taken and (sanitized != raw or sanitized in raw_of):
+                _refuse_collision(model, raw, raw_of.get(sanitized, sanitized))
+            key = _unique(sanitized, taken)
+            if sanitized != raw:
+                raw_of[key] = raw
+                if aliases is not None:
+                    aliases[raw] = key
             names[id(root)] = key
             taken.add(key)
     return names
+
+
+def _refuse_collision(model: Model, raw: str, other: str) -> None:
+    msg = (
+        f"{model.path()}: the names {other!r} and {raw!r} both become the key "
+        f"{_IDENT.sub('_', raw)!r} (keys keep only letters, digits and '_'), so data "
+        "for one could reach the other. Rename one of them."
+    )
+    raise CompileError(msg)
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -267,6 +291,15 @@ def cast_promoted_floats(graph: FlatGraph, dtype_name: str) -> None:
 
     nodes: list[Node] = []
     for node in graph.nodes:
+        if node.output.types == {ty.TENSOR_FLOAT} and _promotes(node):
+            # int tensor (*) float: NumPy would compute in float64; convert the ints
+            # to the backend dtype first, as an explicit call in the code.
+            node.inputs = [
+                _cast_before(v, dtype_name, node, nodes)
+                if v.types == {ty.TENSOR_INT}
+                else v
+                for v in node.inputs
+            ]
         nodes.append(node)
         if node.output.types != {ty.TENSOR_FLOAT} or node.op == "cast":
             continue
@@ -281,3 +314,145 @@ def cast_promoted_floats(graph: FlatGraph, dtype_name: str) -> None:
         dtype = Value(f"{final.name}_dtype", dtype_terminal, dtype_name)
         nodes.append(Node(cast, f"{node.path}_cast", [node.output, dtype], final))
     graph.nodes = nodes
+
+
+def _promotes(node: Node) -> bool:
+    return any(
+        getattr(rule, "__name__", "") == "promote_types"
+        for rule in node.primitive.rules
+    )
+
+
+def _cast_before(value: Value, dtype_name: str, node: Node, nodes: list[Node]) -> Value:
+    from mithril_core.primitives import Cast
+
+    cast = Cast(dtype=dtype_name)
+    output = cast._terminals["output"].find()
+    output.restrict_type(frozenset({ty.TENSOR_FLOAT}))
+    sh.unify(output.shape_node, value.conn.find().shape_node)
+    dtype = Value(f"{value.name}_dtype", cast._terminals["dtype"].find(), dtype_name)
+    result = Value(f"{value.name}_{dtype_name}", output)
+    nodes.append(Node(cast, f"{node.path}_cast_{value.name}", [value, dtype], result))
+    return result
+
+
+def float_bound_inputs(graph: FlatGraph) -> dict[str, str]:
+    """Tensor inputs whose type still admits float and int (or bool) but whose values
+    reach a call that computes a float result from them (``x * w`` with a float
+    ``w``, ``x * 2.5``, ``x / 2``, ``exp(x)``, ``mean(x)``): they are float inputs.
+    Returns key -> path of the first such call. Reaching goes through calls whose
+    result still admits int (``x + 1``, ``reshape(x)``)."""
+    reach: dict[int, set[str]] = {
+        id(v): {k} for k, v in graph.inputs.items() if _ambiguous(v.types)
+    }
+    found: dict[str, str] = {}
+    for node in graph.nodes:
+        keys = set().union(*(reach.get(id(v), set()) for v in node.inputs))
+        if not keys:
+            continue
+        if node.output.types == {ty.TENSOR_FLOAT} and _computes_float(node):
+            for key in sorted(keys):
+                found.setdefault(key, node.path)
+        elif _ambiguous(node.output.types):
+            reach[id(node.output)] = keys
+    return found
+
+
+def _computes_float(node: Node) -> bool:
+    # Arithmetic that promotes to float, or an op whose result is float whatever its
+    # input (exp, mean, squared_error): not a cast, nor an op that merely accepts
+    # several kinds (an attention mask may be bool or float).
+    names = {getattr(rule, "__name__", "") for rule in node.primitive.rules}
+    return bool(names & {"promote_types", "kind_type_rule"})
+
+
+def _ambiguous(types: frozenset[str]) -> bool:
+    return (
+        types <= ty.TENSORS
+        and ty.TENSOR_FLOAT in types
+        and bool(types & {ty.TENSOR_INT, ty.TENSOR_BOOL})
+    )
+
+
+@dataclass(frozen=True)
+class IndexCheck:
+    """Int indices that a graph input gives to a call, checked at evaluate before the
+    backend runs: every value must be in ``[0, bound)``."""
+
+    key: str  # the graph input holding the indices
+    what: str  # what they are, e.g. "embedding ids"
+    path: str  # the call that indexes with them
+    # How many things are indexed: a known int, or (input key, axis) of its shape.
+    bound: int | tuple[str, int]
+    indexed: str  # what is indexed, e.g. "rows of weight"
+
+
+# op -> (indices input, indexed input, what the indices are, what they index). The
+# indexed axis is 0 for embedding and the ``axis`` attribute for cross_entropy.
+_INDEXING = {
+    "embedding": ("input", "weight", "embedding ids", "rows of"),
+    "cross_entropy": ("target", "input", "cross_entropy targets", "classes of"),
+}
+# Calls whose output holds only values of their first input: indices passed through
+# them are the input's indices.
+_INDEX_PRESERVING = frozenset(
+    {"reshape", "flatten", "transpose", "indexer", "stop_gradient", "split"}
+)
+
+
+def index_checks(graph: FlatGraph) -> list[IndexCheck]:
+    """The graph inputs that reach an index position (embedding ids, class targets)
+    directly or through index-preserving calls, with the count they index. Indices
+    computed inside the graph are checked by the backend's kernel, where it can."""
+    producer = {id(node.output): node for node in graph.nodes}
+    input_key = {id(value): key for key, value in graph.inputs.items()}
+    checks: list[IndexCheck] = []
+    for node in graph.nodes:
+        spec = _INDEXING.get(node.op)
+        if spec is None:
+            continue
+        index_name, indexed_name, what, of = spec
+        names = node.primitive._inputs
+        source = node.inputs[names.index(index_name)]
+        while id(source) in producer and producer[id(source)].op in _INDEX_PRESERVING:
+            source = producer[id(source)].inputs[0]
+        key = input_key.get(id(source))
+        if key is None:
+            continue
+        indexed = node.inputs[names.index(indexed_name)]
+        axis = 0
+        if "axis" in names:
+            axis = node.inputs[names.index("axis")].constant
+        bound = _dim_of(graph, indexed, axis, input_key)
+        if bound is None:
+            continue
+        checks.append(IndexCheck(key, what, node.path, bound, f"{of} {indexed.name}"))
+    return checks
+
+
+def _dim_of(
+    graph: FlatGraph, value: Value, axis: int, input_key: dict[int, str]
+) -> int | tuple[str, int] | None:
+    dims = value.conn.find().shape_node.dims()
+    if dims is None or not isinstance(axis, int) or not -len(dims) <= axis < len(dims):
+        return None
+    axis %= len(dims)
+    dim = dims[axis].find()
+    if dim.value is not None:
+        return dim.value
+    if id(value) in input_key:
+        return input_key[id(value)], axis
+    for key, other in graph.inputs.items():
+        other_dims = other.conn.find().shape_node.dims() or []
+        for i, candidate in enumerate(other_dims):
+            if candidate.find() is dim:
+                return key, i
+    return None
+
+
+def shape_sources(graph: FlatGraph, value: Value) -> list[int | tuple[str, int] | None]:
+    """Per dim of ``value`` (rank known): its size, or ``(input key, axis)`` of an
+    input dim it equals, or ``None`` when evaluate cannot know it before running."""
+    dims = value.conn.find().shape_node.dims() or []
+    input_key = {id(v): k for k, v in graph.inputs.items()}
+    return [_dim_of(graph, value, axis, input_key) for axis in range(len(dims))]

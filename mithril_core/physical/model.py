@@ -83,11 +83,19 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     with _deep_recursion():
         top = copy.deepcopy(top)
     timer.done("copy")
-    names = flat.assign_names(top)
+    aliases: dict[str, str] = {}
+    names = flat.assign_names(top, aliases)
     by_name = {names[id(c.find())]: c.find() for c in _all_connections(top)}
-    data = set(data_keys or ())
-    constants = dict(constant_keys or {})
-    trainable = set(trainable_keys) if trainable_keys is not None else None
+    # Names given as written ("a.b") mean their keys ("a_b").
+    data = {aliases.get(k, k) for k in data_keys or ()}
+    constants = {aliases.get(k, k): v for k, v in (constant_keys or {}).items()}
+    trainable = (
+        {aliases.get(k, k) for k in trainable_keys}
+        if trainable_keys is not None
+        else None
+    )
+    shapes = {aliases.get(k, k): v for k, v in (shapes or {}).items()}
+    discard_keys = {aliases.get(k, k) for k in discard_keys or ()}
     for key in (*data, *constants, *(trainable or ()), *(shapes or {})):
         if key not in by_name:
             msg = (
@@ -138,7 +146,6 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     numpy_lowerings = registry.lowerings("numpy")
     flat.fold_constants(graph, lambda node, args: _fold(node, args, numpy_lowerings))
     flat.prune(graph)
-    flat.cast_promoted_floats(graph, backend.dtype.name)
     timer.done("constant fold", graph)
 
     input_keys = tuple(graph.inputs)
@@ -161,6 +168,14 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     for key in grad_keys:  # parameters are float tensors
         graph.inputs[key].conn.find().restrict_type(frozenset({ty.TENSOR_FLOAT}))
     solve()  # spread what that settles (e.g. the type of what a parameter feeds)
+    # An input that may be int or float but meets floats is a float input: int data
+    # there would be computed in whatever float type the framework picks.
+    float_bound = flat.float_bound_inputs(graph)
+    for key in float_bound:
+        graph.inputs[key].conn.find().restrict_type(frozenset({ty.TENSOR_FLOAT}))
+    solve()
+    flat.cast_promoted_floats(graph, backend.dtype.name)
+    solve()
     for k in input_keys:
         if k in data and graph.inputs[k].conn.differentiable:
             grad_keys += (k,)
@@ -207,6 +222,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         file_path=os.path.abspath(file_path) if file_path else None,
         inference=inference,
         all_connections=by_name,
+        float_bound=float_bound,
     )
 
 

@@ -9,10 +9,16 @@ from typing import Any
 import numpy as np
 
 from mithril_core.backends.base import Backend, Evaluator, Program
-from mithril_core.errors import DtypeError, InputKeyError, ShapeError
+from mithril_core.errors import (
+    DtypeError,
+    IndexRangeError,
+    InputKeyError,
+    ShapeError,
+)
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import Connection
 from mithril_core.logical.model import Model
+from mithril_core.physical import flat
 from mithril_core.physical.flat import FlatGraph
 from mithril_core.weights import DEFAULT_IGNORE, load_weights
 
@@ -36,6 +42,7 @@ class PhysicalModel:
         file_path: str | None,
         inference: bool,
         all_connections: dict[str, Connection],
+        float_bound: Mapping[str, str] | None = None,
     ) -> None:
         self.backend = backend
         self.graph = graph
@@ -49,6 +56,8 @@ class PhysicalModel:
         self.file_path = file_path
         self.inference = inference
         self._connections = all_connections
+        # Inputs that could be int but meet floats (key -> that call), for messages.
+        self._float_bound = dict(float_bound or {})
         # Per tensor input: key, rank, exact shape, fixed (axis, size) pairs and
         # dtype names. Inputs with an exact shape and one dtype (parameters, most
         # data) are checked together: one list compare with ``array_info``'s answers.
@@ -71,6 +80,22 @@ class PhysicalModel:
                 self._exact.append((exact, next(iter(dtypes))))
         exact_keys = set(self._exact_keys)
         self._general = [key for key in self._checks if key not in exact_keys]
+        # Int inputs that index (embedding ids, class targets): range-checked before
+        # dispatch, since jitted backends cannot raise from inside the computation.
+        self._index_checks = tuple(flat.index_checks(graph))
+        # Per differentiable output: its rank (None: unknown) and the dims evaluate
+        # can know before running (sizes, or dims of inputs), for output_gradients.
+        self._gradient_shapes: dict[str, tuple[int | None, list[Any]]] = {}
+        for key in program.differentiable_outputs:
+            value = graph.outputs[key]
+            shape = value.shape()
+            if shape is None:
+                self._gradient_shapes[key] = (None, [])
+            else:
+                self._gradient_shapes[key] = (
+                    len(shape),
+                    flat.shape_sources(graph, value),
+                )
 
     # -- introspection -----------------------------------------------------------------
     @property
@@ -189,6 +214,8 @@ class PhysicalModel:
         if data:
             inputs.update(data)
         self._check_inputs(inputs)
+        if self._index_checks:
+            self._check_indices(inputs)
         if output_gradients is not None:
             if self.inference:
                 msg = (
@@ -203,6 +230,7 @@ class PhysicalModel:
                     f"{list(self.program.differentiable_outputs)}."
                 )
                 raise InputKeyError(msg)
+            self._check_output_gradients(inputs, output_gradients)
             outputs, grads = self._evaluator(inputs, output_gradients)
             assert grads is not None
             for key, grad in grads.items():
@@ -260,6 +288,63 @@ class PhysicalModel:
         if dtype not in dtypes:
             self._raise_dtype(key, dtype)
 
+    def _check_output_gradients(
+        self, inputs: dict[str, Any], output_gradients: Mapping[str, Any]
+    ) -> None:
+        info = self.backend.array_info
+        for key, grad in output_gradients.items():
+            if grad is None:  # no gradient flows from this output
+                continue
+            where = f"output_gradients[{key!r}]"
+            found = info(grad)
+            if found is None:
+                msg = (
+                    f"{where}: expected a {self.backend.name} array, got "
+                    f"{type(grad).__name__}. Use backend.array(...)."
+                )
+                raise DtypeError(msg)
+            shape, dtype = found
+            rank, sources = self._gradient_shapes[key]
+            expected: list[int | None] = []
+            for source in sources:
+                if isinstance(source, tuple):
+                    source = info(inputs[source[0]])[0][source[1]]  # type: ignore[index]
+                expected.append(source)
+            if rank is not None and (
+                len(shape) != rank
+                or any(e not in (None, d) for e, d in zip(expected, shape, strict=True))
+            ):
+                msg = (
+                    f"{where}: expected the shape of output {key!r}, {expected}, got "
+                    f"{list(shape)}. Nothing is broadcast silently."
+                )
+                raise ShapeError(msg)
+            if dtype != self.backend.dtype.name:
+                msg = (
+                    f"{where}: expected dtype {self.backend.dtype.name}, got {dtype}. "
+                    "Convert it with backend.array(...); nothing is cast silently."
+                )
+                raise DtypeError(msg)
+
+    def _check_indices(self, inputs: dict[str, Any]) -> None:
+        for check in self._index_checks:
+            values = inputs[check.key]
+            shape = self.backend.array_info(values)[0]  # type: ignore[index]
+            if 0 in shape:
+                continue
+            low, high = self.backend.index_range(values)
+            bound = check.bound
+            if not isinstance(bound, int):
+                key, axis = bound
+                bound = self.backend.array_info(inputs[key])[0][axis]  # type: ignore[index]
+            if low < 0 or high >= bound:
+                msg = (
+                    f"{check.key}: {check.what} must be in [0, {bound}), got min {low} "
+                    f"max {high} ({check.path} indexes the {bound} {check.indexed}; "
+                    "negative indices do not count from the end). Fix the data."
+                )
+                raise IndexRangeError(msg)
+
     def _raise_keys(self, inputs: dict[str, Any]) -> None:
         missing = [k for k in self.graph.inputs if k not in inputs]
         extra = [k for k in inputs if k not in self._expected_keys]
@@ -278,7 +363,16 @@ class PhysicalModel:
     def _raise_dtype(self, key: str, dtype: str) -> None:
         types = self.graph.inputs[key].types
         kind = _dtype_kind(dtype)
-        if f"Tensor[{kind}]" not in types:
+        if key in self._float_bound and kind != "float":
+            msg = (
+                f"{key}: expected dtype {self.backend.dtype.name}, got {dtype}: {key} "
+                f"meets float values at {self._float_bound[key]}, so it is a float "
+                f"input. Convert the data with backend.array(..., dtype="
+                f"{self.backend.dtype.name!r}), or declare the input int with "
+                f"IOKey({key!r}, type=Tensor[int]) (from mithril_core.models) to have "
+                f"it converted in the compiled code; nothing is cast silently."
+            )
+        elif f"Tensor[{kind}]" not in types:
             msg = f"{key}: expected a {ty.format_type(types)} array, got dtype {dtype}."
         else:
             msg = (

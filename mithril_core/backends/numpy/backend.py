@@ -69,6 +69,9 @@ class NumpyBackend(Backend):
             return value.shape, name if name is not None else dtype.name
         return None
 
+    def index_range(self, array: Any) -> tuple[int, int]:
+        return int(array.min()), int(array.max())
+
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
         forward = program.forward
         forward_backward = program.forward_backward

@@ -95,6 +95,7 @@ class JaxBackend(Backend):
 
         self._array_type = jax.Array
         self._dtype_name = dtype_name
+        self._aminmax: Callable[[Any], tuple[Any, Any]] | None = None
         self._mesh: jax.sharding.Mesh | None = None
         if device_mesh is not None:
             from mithril_jax.sharding import make_mesh
@@ -192,6 +193,14 @@ class JaxBackend(Backend):
         if isinstance(value, self._array_type):
             return tuple(value.shape), self._dtype_name(value.dtype)
         return None
+
+    def index_range(self, array: Any) -> tuple[int, int]:
+        if self._aminmax is None:
+            import jax
+
+            self._aminmax = jax.jit(lambda values: (values.min(), values.max()))
+        low, high = self._aminmax(array)
+        return int(low), int(high)
 
     # -- compile-time API --------------------------------------------------------------
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:

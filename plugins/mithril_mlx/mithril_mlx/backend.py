@@ -117,6 +117,11 @@ class MlxBackend(Backend):
             return tuple(value.shape), self._dtype_name(value.dtype)
         return None
 
+    def index_range(self, array: Any) -> tuple[int, int]:
+        import mlx.core as mx
+
+        return int(mx.min(array).item()), int(mx.max(array).item())
+
     # -- compile-time API --------------------------------------------------------------
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
         import mlx.core as mx

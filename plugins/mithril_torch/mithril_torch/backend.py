@@ -194,6 +194,12 @@ class TorchBackend(Backend):
             return tuple(value.shape), self._dtype_name(value.dtype)
         return None
 
+    def index_range(self, array: Any) -> tuple[int, int]:
+        import torch
+
+        low, high = torch.aminmax(array)
+        return int(low), int(high)
+
     # -- compile-time API --------------------------------------------------------------
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
         import torch

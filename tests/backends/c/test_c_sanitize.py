@@ -96,7 +96,7 @@ SCRIPT = textwrap.dedent(
     data = {
         "input": rng.standard_normal((2, 3, 9, 8)),
         "target": np.array([1, 4]),
-        "tokens": np.array([[0, 6, 2, 2, 1], [5, 4, 3, -1, 0]]),
+        "tokens": np.array([[0, 6, 2, 2, 1], [5, 4, 3, 6, 0]]),
         "labels": rng.random(2),
     }
     for _ in range(2):

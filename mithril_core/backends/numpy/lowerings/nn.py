@@ -12,6 +12,7 @@ from mithril_core.backends.numpy.lowerings._utils import (
     reduce_to,
     wants,
 )
+from mithril_core.errors import IndexRangeError
 from mithril_core.primitives.nn import adaptive_bounds, conv_padding
 
 Ints = tuple[int, ...]
@@ -312,7 +313,18 @@ def adaptive_avg_pool2d_vjp(
 # -- embedding, attention, dropout, padding --------------------------------------------
 
 
+def check_indices(op: str, what: str, indices: Array, bound: int) -> None:
+    # Computed indices are checked here; evaluate checks input ones (naming the key).
+    if indices.size and (indices.min() < 0 or indices.max() >= bound):
+        msg = (
+            f"{op}: {what} must be in [0, {bound}), got min {indices.min()} max "
+            f"{indices.max()}; negative indices do not count from the end."
+        )
+        raise IndexRangeError(msg)
+
+
 def embedding(input: Array, weight: Array) -> Array:
+    check_indices("embedding", "ids", input, weight.shape[0])
     return weight[input]
 
 
