@@ -141,6 +141,7 @@ _REPEAT_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "mithril_core.models.recurrent:LSTM": ("num_steps",),
     "mithril_core.models.composites:MLP": ("activations", "dimensions"),
 }
+_TRAIN_MODEL = "mithril_core.training.train_model:TrainModel"
 _ARRAY_DTYPES = (
     "bool",
     "int8",
@@ -524,6 +525,8 @@ class _Reader:
                 kwargs[key] = self.dtype(value, where).name
             else:
                 kwargs[key] = self.value(value, where, sizes=True, models=True)
+        if class_name == _TRAIN_MODEL:
+            _refuse_key_patterns(kwargs.get("calls"), _field(path, "calls"))
         return kwargs
 
     def value(self, value: Any, path: str, *, sizes: bool, models: bool) -> Any:
@@ -754,6 +757,19 @@ class _Reader:
         if conn is None:
             conn = fresh[number] = Connection(model=model)
         return conn
+
+
+def _refuse_key_patterns(calls: Any, path: str) -> None:
+    # TrainModel.add_regularization matches a ``keys`` string as a regular expression:
+    # one from a document could backtrack for hours. to_dict records matched keys.
+    for index, call in enumerate(calls if type(calls) is list else ()):
+        if type(call) is list and len(call) == 2 and type(call[1]) is dict:
+            if type(call[1].get("keys")) is str:
+                msg = (
+                    "a regular expression for keys is not run from a document; "
+                    "list the parameter keys instead."
+                )
+                raise _fail(_field(_index(path, index), "keys"), msg)
 
 
 def _array(payload: Any, dtype: Any, path: str) -> np.ndarray:

@@ -164,14 +164,6 @@ class TrainModel(Model):
         scalar (``L1()``, ``L2()``). Returns the unweighted terms.
         """
         self._check_open("add_regularization")
-        self._record(
-            "add_regularization",
-            model=model,
-            coef=coef,
-            reg_key=reg_key,
-            keys=keys.pattern if isinstance(keys, re.Pattern) else keys,
-            **connections,
-        )
         if (reg_key is None) == (keys is None):
             msg = (
                 "add_regularization: give exactly one of reg_key (a parameter key) or "
@@ -184,6 +176,16 @@ class TrainModel(Model):
         else:
             assert keys is not None
             targets = list(self._match_keys(keys))
+        # The keys a pattern matched are recorded, not the pattern: a model document
+        # never asks its reader to run a regular expression (catastrophic backtracking).
+        self._record(
+            "add_regularization",
+            model=model,
+            coef=coef,
+            reg_key=reg_key,
+            keys=None if keys is None else targets,
+            **connections,
+        )
         model._ensure_built()
         terms = []
         for target in targets:

@@ -374,6 +374,34 @@ def test_nested_plain_models_within_the_depth_limit_still_load():
     assert Model.from_json(text).to_json() == text
 
 
+def test_regularization_pattern_from_a_document_is_not_run():
+    from mithril_core.models import SquaredError
+    from mithril_core.training import L1
+
+    model = Model()
+    model += Linear(2, name="a" * 60)(input="input", output=IOKey("output"))
+    tm = TrainModel(model)
+    tm.add_loss(SquaredError(), input="output", target="target")
+    tm.add_regularization(L1(), coef=0.1, keys=r".*_weight")
+    data = json.loads(tm.to_json())
+    # The matched keys are stored, never the pattern, so a round trip runs no regex.
+    call = data["args"]["calls"][1][1]["__dict__"]
+    assert ["keys", ["a" * 60 + "_weight"]] in call
+    assert Model.from_dict(data).to_dict() == data
+    # (a|aa)*b backtracks ~1.6**60 times on that key: it must never be run.
+    for pair in call:
+        if pair[0] == "keys":
+            pair[1] = "(a|aa)*b"
+    start = time.perf_counter()
+    with pytest.raises(ModelDocumentError) as info:
+        Model.from_dict(data)
+    assert time.perf_counter() - start < 1.0
+    assert str(info.value) == (
+        "args.calls[1].keys: a regular expression for keys is not run from a "
+        "document; list the parameter keys instead."
+    )
+
+
 # -- malformed structure: each kind names its place ------------------------------------
 
 
