@@ -767,6 +767,54 @@ def test_hostile_names_round_trip_and_compute_on_numpy():
     np.testing.assert_allclose(out["output"], np.tanh(h), rtol=1e-12)
 
 
+# Names aimed at generated C as well: trigraphs, a backslash that would continue a
+# line comment, a comment end followed by a directive.
+SOURCE_NAMES = [*HOSTILE_NAMES, "??/ trigraph", "line \\", "*/ #define X /*"]
+
+EVERY_BACKEND = """
+import numpy as np
+import mithril_core as ml
+from mithril_core.models import IOKey, Linear, Model, Tanh
+
+names = NAMES
+model = Model(name='top */ system("id"); /*')
+previous = "input"
+for index, name in enumerate(names):
+    model |= Linear(2 + index, name=name)(input=previous, output=f"hidden_{index}")
+    previous = f"hidden_{index}"
+model |= Tanh(name='"\\n__import__("os").system("id")\\n"')(
+    input=previous, output=IOKey("output")
+)
+model = Model.from_json(model.to_json())
+backend = ml.backend(BACKEND, dtype=ml.float32)
+pm = ml.compile(model, backend, shapes={"input": [5, 3]}, data_keys={"input"})
+params = pm.randomize_params(seed=0)
+by_shape = {}
+for value in params.values():
+    value = backend.to_numpy(value).astype(np.float64)
+    by_shape[value.shape] = value
+assert len(by_shape) == len(params) == 2 * len(names)
+x = np.random.default_rng(1).standard_normal((5, 3))
+out = pm.evaluate(params, {"input": backend.array(x.astype(np.float32))})
+h = x
+for index in range(len(names)):
+    h = h @ by_shape[(2 + index, h.shape[1])].T + by_shape[(2 + index,)]
+np.testing.assert_allclose(
+    backend.to_numpy(out["output"]), np.tanh(h), rtol=1e-4, atol=1e-5
+)
+print("OK")
+"""
+
+
+def test_hostile_names_compute_on_every_backend(backend_name, isolated, clean_exit):
+    # Generated source (C comments, Python identifiers) meets the names here; in a
+    # subprocess, because an injection into C would run or crash at evaluate.
+    source = EVERY_BACKEND.replace("NAMES", repr(SOURCE_NAMES))
+    outcome = isolated(source.replace("BACKEND", repr(backend_name)))
+    clean_exit(outcome)
+    assert outcome.stdout.rstrip().endswith("OK")
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
