@@ -11,7 +11,7 @@ static long mc_class(const void *target, int size, long i, long n) {
     case 4: t = (long)((const int32_t *)target)[i]; break;
     default: t = (long)((const int64_t *)target)[i]; break;
     }
-    if (t < 0) t += n; /* as NumPy's take_along_axis */
+    /* A negative class is out of range, as in PyTorch (NumPy's take would wrap it). */
     return (t < 0 || t >= n) ? -1 : t;
 }
 

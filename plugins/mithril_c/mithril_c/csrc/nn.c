@@ -341,10 +341,9 @@ static long mc_load_index(const void *index, int size, long i) {
     }
 }
 
-/* The row of index i, or -1 when it is out of range. */
+/* The row of index i, or -1 when it is out of range (negative too, as in PyTorch). */
 static long mc_row(const void *index, int size, long i, long rows) {
     long r = mc_load_index(index, size, i);
-    if (r < 0) r += rows;
     return (r < 0 || r >= rows) ? -1 : r;
 }
 
