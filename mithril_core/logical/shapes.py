@@ -217,10 +217,12 @@ def unify_dims(a: Dim, b: Dim) -> None:
     b.parent = a
     if a.rank == b.rank:
         a.rank += 1
-    # Only a merge that tells a side something new wakes that side's rules (merging a
-    # fresh, unconstrained dim must not, or rules that build shapes would loop).
-    a_informed = a.value is not None or bool(a.watchers)
-    b_informed = b.value is not None or bool(b.watchers)
+    # Only a merge that tells a side something new wakes that side's rules: a value it
+    # lacked, or equality with a dim other rules constrain. Re-stating a known value
+    # (a rule unifying fresh ``Dim(74)`` with a dim already 74) is no news; waking on
+    # it let rules that rebuild shapes re-queue each other forever.
+    a_informed = b.value is None and (a.value is not None or bool(a.watchers))
+    b_informed = a.value is None and (b.value is not None or bool(b.watchers))
     a_watchers, b_watchers = a.watchers, b.watchers
     if a.value is None:
         a.value = b.value
@@ -392,7 +394,9 @@ _QUEUE: deque[Rule] = deque()
 def _notify(watchers: set[Rule] | None) -> None:
     if not watchers:
         return
-    for rule in watchers:
+    # Wake in creation order, not set order (ids hash by address), so that solving is
+    # the same from run to run.
+    for rule in sorted(watchers, key=_rule_order):
         if not rule.done and not rule.queued:
             rule.queued = True
             _QUEUE.append(rule)
@@ -409,13 +413,34 @@ def notify(watchers: set[Rule] | None) -> None:
     _notify(watchers)
 
 
+#: A rule re-runs only when a dim, run, type or value it watches gains information,
+#: and each can gain it a bounded number of times, so a rule that runs this often in
+#: one solve has a bug (it reports news it does not bring); stop with an error instead
+#: of looping.
+MAX_RULE_RUNS = 10_000
+
+
+def _rule_order(rule: Rule) -> int:
+    return rule.order
+
+
 def solve(on_error: Callable[[Rule, Exception], None]) -> None:
     """Run queued rules to a fixed point; ``on_error`` turns a conflict into a user
     error."""
+    runs: dict[Rule, int] = {}
     while _QUEUE:
         rule = _QUEUE.popleft()
         rule.queued = False
+        count = runs[rule] = runs.get(rule, 0) + 1
         try:
+            if count > MAX_RULE_RUNS:
+                name = getattr(rule.fn, "__name__", repr(rule.fn))
+                msg = (
+                    f"the shape solver made no progress: rule {name!r} ran "
+                    f"{MAX_RULE_RUNS} times in one solve without finishing. This is a "
+                    "bug in that rule; please report it with the model."
+                )
+                raise ShapeConflict(msg)
             rule.run()
         except Exception as exc:  # converted to a user-facing error with paths
             _QUEUE.clear()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mithril_core.logical.connection import IOKey
+from mithril_core.logical import shapes as sh
+from mithril_core.logical.connection import Connection, IOKey
 from mithril_core.logical.model import BaseModel, Model
-from mithril_core.primitives import Add, MatrixMultiply, Transpose
+from mithril_core.primitives import Add, DimFromValue, MatrixMultiply, Transpose
 
 
 class Linear(Model):
@@ -15,18 +16,24 @@ class Linear(Model):
 
     def __init__(
         self,
-        dimension: int | None = None,
+        dimension: int | Connection | None = None,
         use_bias: bool = True,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
         self.dimension, self.use_bias = dimension, use_bias
-        weight = IOKey("weight", shape=[dimension, None])
+        size = self.symbolic("dimension", dimension)
+        # One dim for the weight's rows, the bias and the output's last axis: knowing
+        # any of them (or the symbolic ``dimension``) fixes the others.
+        dim = sh.Dim(size if isinstance(size, int) else None)
+        weight = IOKey("weight", shape=[dim, None])
+        if isinstance(size, str):
+            self |= DimFromValue(axis=0)(input=weight, value=size)
         self |= Transpose(axes=None)(input=weight, output="weight_t")
         product = "product" if use_bias else IOKey("output")
         self |= MatrixMultiply()(left=IOKey("input"), right="weight_t", output=product)
         if use_bias:
-            bias = IOKey("bias", shape=[dimension])
+            bias = IOKey("bias", shape=[dim])
             self |= Add()(left="product", right=bias, output=IOKey("output"))
         self._cin = self._conns["input"]
 
@@ -38,7 +45,7 @@ class MLP(Model):
     def __init__(
         self,
         activations: Sequence[BaseModel | None],
-        dimensions: Sequence[int | None],
+        dimensions: Sequence[int | Connection | None],
         use_bias: bool = True,
         name: str | None = None,
     ) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
+from mithril_core.errors import MithrilTypeError
 from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import NOVALUE, Connection
@@ -36,6 +39,30 @@ def normalize_axes(axis: Any, rank: int) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         _fail(f"repeated axis in {axis!r}")
     return tuple(out)
+
+
+def check_axis(owner: str, axis: Any, *, allow_none: bool = True) -> Any:
+    """Validate an ``axis`` constructor argument (an int, a sequence of ints or, where
+    allowed, ``None``) and return it with a list made a tuple; raise a
+    :class:`MithrilTypeError` naming ``owner`` otherwise."""
+    if axis is None and allow_none:
+        return None
+    if isinstance(axis, Connection):
+        return axis
+    items = tuple(axis) if isinstance(axis, list | tuple) else None
+    candidates = (axis,) if items is None else items
+    if all(
+        isinstance(a, int | np.integer) and not isinstance(a, bool | np.bool_)
+        for a in candidates
+    ):
+        if items is None:
+            return int(axis)
+        return tuple(int(a) for a in items)
+    wanted = (
+        "an int, a tuple of ints or None" if allow_none else "an int or a tuple of ints"
+    )
+    msg = f"{owner}: axis={axis!r} is not {wanted}; give whole-number axes."
+    raise MithrilTypeError(msg)
 
 
 # -- types -----------------------------------------------------------------------------
@@ -271,10 +298,13 @@ def reshape_shape(rule: sh.Rule) -> bool:
     in_values = inp.shape_node.values()
     if -1 not in target:
         sh.unify_with_dims(out.shape_node, list(target))
+        if in_values is not None and in_values.count(None) == 1:
+            _solve_missing_dim(inp.shape_node, _prod(target))
+            in_values = inp.shape_node.values()
         if in_values is not None and None not in in_values:
             _check_size(in_values, target)
             return True
-        return in_values is not None and None not in in_values
+        return False
     known = [t for t in target if t != -1]
     if in_values is None or None in in_values:
         sh.unify_with_dims(out.shape_node, [None if t == -1 else t for t in target])
@@ -287,6 +317,19 @@ def reshape_shape(rule: sh.Rule) -> bool:
         out.shape_node, [total // rest if t == -1 else t for t in target]
     )
     return True
+
+
+def _solve_missing_dim(shape: sh.ShapeNode, total: int) -> None:
+    """Set the one unknown dim of ``shape`` so that its size is ``total``."""
+    dims = shape.dims()
+    assert dims is not None
+    known = [d.value for d in dims if d.value is not None]
+    rest = _prod(known)
+    if rest == 0 or total % rest:
+        shown = ", ".join("?" if d.value is None else str(d.value) for d in dims)
+        _fail(f"cannot reshape [{shown}] into a shape of {total} elements")
+    missing = next(d for d in dims if d.value is None)
+    sh.set_dim(missing, total // rest)
 
 
 def _check_size(in_values: Sequence[int], target: Sequence[int]) -> None:
@@ -415,6 +458,7 @@ def split_shape(rule: sh.Rule) -> bool:
         element = Connection(type=inp.types)
         sh.unify_with_dims(element.shape_node, [*dims[:ax], chunk, *dims[ax + 1 :]])
         elements.append(element)
+    sh.record(out, "elements")
     out.elements = elements
     sh.notify(out.watchers)
     return True
@@ -487,6 +531,7 @@ def shape_value(rule: sh.Rule) -> bool:
                 element.value = d.value
             elements.append(element)
         if out.elements is None:
+            sh.record(out, "elements")
             out.elements = elements
             sh.notify(out.watchers)
     values = inp.shape_node.values()
@@ -501,6 +546,7 @@ def to_sequence(kind: type) -> RuleFn:
         names = [n for n in rule.terminals if n != "output"]
         out = rule.conn("output")
         if out.elements is None:
+            sh.record(out, "elements")
             out.elements = [rule.conn(n) for n in names]
             sh.notify(out.watchers)
         values = [rule.conn(n).value for n in names]
@@ -549,6 +595,25 @@ def index_fold(rule: sh.Rule) -> bool:
             out.set_value(value)
             return True
     return bool(inp.types <= ty.TENSORS)
+
+
+def pass_through(source: str = "input") -> RuleFn:
+    """``output`` is ``source`` unchanged, whatever it holds (tensor, scalar, tuple,
+    list): same shape, same type, same elements."""
+
+    def pass_through_rule(rule: sh.Rule) -> bool:
+        src, out = rule.conn(source), rule.conn("output")
+        sh.unify(src.shape_node, out.shape_node)
+        out.restrict_type(src.types)
+        src.restrict_type(out.types)
+        for a, b in ((src, out), (out, src)):
+            if b.elements is None and a.elements is not None:
+                b.elements = a.elements
+                sh.notify(b.watchers)
+        sequence = bool(src.types & {ty.TUPLE, ty.LIST})
+        return len(src.types) == 1 and (not sequence or src.elements is not None)
+
+    return pass_through_rule
 
 
 def same_shape(*names: str) -> RuleFn:

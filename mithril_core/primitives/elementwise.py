@@ -355,14 +355,21 @@ class Gelu(Primitive):
         )
 
 
+def _where_type(rule: Any) -> bool:
+    # The result is a tensor (shaped like ``condition``) even when both branches are
+    # Python scalars; its kind is the branches' promoted kind.
+    branches = ty.promote(rule.conn("input1").types, rule.conn("input2").types)
+    tensor_of = ty.promote(branches, frozenset({ty.TENSOR_BOOL}))
+    rule.conn("output").restrict_type(tensor_of)
+    return len(branches) == 1
+
+
 class Where(Primitive):
-    """``input1 if condition else input2``, broadcasting all three."""
+    """``input1 if condition else input2``, broadcasting all three; either branch (or
+    both) may be a Python scalar."""
 
     op_name = "where"
-    rules = (
-        r.broadcast("condition", "input1", "input2"),
-        r.promote_types("input1", "input2"),
-    )
+    rules = (r.broadcast("condition", "input1", "input2"), _where_type)
 
     def __init__(self, name: str | None = None) -> None:
         super().__init__(

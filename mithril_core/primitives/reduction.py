@@ -25,8 +25,7 @@ class _Reduce(Primitive):
         name: str | None = None,
         **extra: Any,
     ) -> None:
-        if isinstance(axis, list):
-            axis = tuple(axis)
+        axis = r.check_axis(type(self).__name__, axis)
         super().__init__(
             name=name,
             input=IOKey(type=ty.TENSORS),

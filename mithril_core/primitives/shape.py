@@ -176,19 +176,18 @@ class ToTuple(ToList):
 
 
 class Buffer(Primitive):
-    """Identity: forwards ``input`` to ``output`` (removed at compile)."""
+    """Identity: forwards ``input`` to ``output`` (removed at compile). Any value
+    passes: a tensor, a scalar, a tuple (``Shape()``'s result) or a list."""
 
     op_name = "buffer"
     flops_per_element = 0
-    rules = (r.same_type(),)
+    rules = (r.pass_through(),)
 
     def forwarded_input(self, constants: dict[str, Any]) -> str | None:
         return "input"
 
     def __init__(self, name: str | None = None) -> None:
-        super().__init__(
-            name=name, input=IOKey(shape=[("V", ...)]), output=IOKey(shape=[("V", ...)])
-        )
+        super().__init__(name=name, input=IOKey(), output=IOKey())
 
 
 def _unsqueeze_shape(rule: sh.Rule) -> bool:
@@ -212,7 +211,7 @@ class Unsqueeze(Primitive):
         super().__init__(
             name=name,
             input=IOKey(type=ty.TENSORS),
-            axis=axis,
+            axis=r.check_axis("Unsqueeze", axis, allow_none=False),
             output=IOKey(type=ty.TENSORS),
         )
 
@@ -248,7 +247,7 @@ class Squeeze(Primitive):
         super().__init__(
             name=name,
             input=IOKey(type=ty.TENSORS),
-            axis=axis,
+            axis=r.check_axis("Squeeze", axis),
             output=IOKey(type=ty.TENSORS),
         )
 
@@ -262,15 +261,26 @@ def _expand_shape(rule: sh.Rule) -> bool:
     if offset < 0:
         r._fail(f"cannot expand rank {len(dims)} to {list(target)}")
     out: list[sh.Dim | int | None] = []
+    finished = True
     for i, t in enumerate(target):
         if t == -1:
             if i < offset:
                 r._fail(f"-1 in expand shape {list(target)} at a new axis")
             out.append(dims[i - offset])
-        else:
-            out.append(t)
+            continue
+        if i >= offset:
+            value = dims[i - offset].value
+            # An input dim learned later is checked when it is: keep watching.
+            finished = finished and value is not None
+            if value is not None and value not in (1, t):
+                shown = [d.value for d in dims]
+                r._fail(
+                    f"cannot broadcast input {shown} to {list(target)}: axis "
+                    f"{i - offset} has size {value}, which is neither 1 nor {t}"
+                )
+        out.append(t)
     sh.unify_with_dims(rule.conn("output").shape_node, out)
-    return True
+    return finished
 
 
 class Expand(Primitive):

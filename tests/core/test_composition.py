@@ -1,0 +1,259 @@
+"""Rules of composition (issue #11): canonical terminals, values on outputs,
+pass-through types, shape solving in both directions, a solver that always finishes,
+and error messages that name what the user named."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import mithril_core as ml
+from mithril_core.errors import MithrilTypeError, ShapeError
+from mithril_core.logical import shapes as sh
+from mithril_core.models import (
+    MLP,
+    ArgMax,
+    Buffer,
+    Expand,
+    IOKey,
+    Linear,
+    Max,
+    Mean,
+    Model,
+    Primitive,
+    Relu,
+    Reshape,
+    Shape,
+    Sum,
+    Variance,
+    Where,
+)
+
+
+def shape_of(conn):
+    return conn.find().shape_node.values()
+
+
+def numpy64():
+    return ml.NumpyBackend(dtype=ml.float64)
+
+
+# -- 5: pass-through of any type -------------------------------------------------------
+
+
+def test_buffer_passes_a_tuple_a_scalar_and_a_list():
+    backend = numpy64()
+    model = Model()
+    model |= Shape()(input="input", output="s")
+    model |= Buffer()(input="s", output=IOKey("shape_out"))
+    model |= Buffer()(input=IOKey("k", type=float), output=IOKey("k_out"))
+    model |= Buffer()(input=[IOKey("a"), IOKey("b")], output=IOKey("pair"))
+    pm = ml.compile(
+        model, backend, shapes={"input": [2, 3], "a": [2], "b": [3]}, data_keys={"k"}
+    )
+    a, b = np.arange(2.0), np.arange(3.0) + 10
+    out = pm.evaluate({"a": backend.array(a), "b": backend.array(b)}, {"k": 2.5})
+    assert out["shape_out"] == (2, 3)
+    assert out["k_out"] == 2.5
+    np.testing.assert_array_equal(out["pair"][0], a)
+    np.testing.assert_array_equal(out["pair"][1], b)
+
+
+def test_buffer_of_a_tuple_keeps_its_elements_indexable():
+    model = Model()
+    model |= Shape()(input=IOKey("input", shape=[4, 7]), output="s")
+    model |= Buffer()(input="s", output=IOKey("shape_out"))
+    second = model.shape_out[1]
+    model |= Buffer()(input=second, output=IOKey("n"))
+    assert second.find().value == 7
+    assert model.n.find().types == frozenset({"int"})
+
+
+# -- 6: Linear(dimension=None) ties weight rows, bias and output ----------------------
+
+
+def test_linear_without_dimension_learns_it_from_the_output():
+    model = Model()
+    model |= Linear()(
+        input=IOKey("input", shape=[5, 3]), output=IOKey("output", shape=[5, 7])
+    )
+    linear = model.children[0]
+    assert shape_of(linear.weight) == [7, 3]
+    assert shape_of(linear.bias) == [7]
+
+
+def test_linear_without_dimension_learns_it_from_the_bias():
+    model = Model()
+    model |= Linear()(
+        input=IOKey("input", shape=[5, 3]),
+        bias=IOKey("b", shape=[4]),
+        output=IOKey("output"),
+    )
+    assert shape_of(model.children[0].weight) == [4, 3]
+    assert shape_of(model.output) == [5, 4]
+
+
+def test_linear_without_dimension_learns_it_from_the_weight():
+    model = Model()
+    model |= Linear()(weight=IOKey("w", shape=[6, 2]), output=IOKey("output"))
+    assert shape_of(model.children[0].bias) == [6]
+    assert repr(model.output.find().shape_node) == "[..., 6]"
+
+
+# -- 7 and 8: reshape solves back for an unknown dim; the solver always finishes -------
+
+
+def test_reshape_infers_the_missing_input_dim():
+    model = Model()
+    model |= MLP([Relu(), None], [50, None])(
+        input=IOKey("input", shape=[100, 8]), output="hidden"
+    )
+    model |= Reshape((100, 74, 1))(input="hidden", output=IOKey("output"))
+    last = model.children[0].children[-1]
+    assert shape_of(last.weight) == [74, 50]
+    assert shape_of(last.bias) == [74]
+
+
+def test_reshape_with_an_impossible_size_raises():
+    model = Model()
+    with pytest.raises(
+        ShapeError, match=r"cannot reshape \[100, \?, 3\] into a shape of 7400 elements"
+    ):
+        model |= Reshape((100, 74, 1))(
+            input=IOKey("input", shape=[100, None, 3]), output=IOKey("output")
+        )
+
+
+_BUILD_200 = textwrap.dedent(
+    """
+    from mithril_core.models import MLP, IOKey, Model, Relu, Reshape
+
+    for _ in range(200):
+        model = Model()
+        model += MLP([Relu(), None], [50, None])
+        model += Reshape((100, 74, 1))
+        model = Model()
+        model |= MLP([Relu(), None], [50, None])(
+            input=IOKey("input", shape=[100, 8]), output="hidden"
+        )
+        model |= Reshape((100, 74, 1))(input="hidden", output=IOKey("output"))
+    print("built")
+    """
+)
+
+
+def test_building_mlp_then_reshape_200_times_finishes():
+    # In a subprocess with a timeout, so that a hang fails the test instead of pytest.
+    result = subprocess.run(
+        [sys.executable, "-c", _BUILD_200],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "built"
+
+
+def _restless_rule(rule: sh.Rule) -> bool:
+    sh.notify({rule})  # claims news on every run: a buggy rule
+    return False
+
+
+class _Restless(Primitive):
+    op_name = "restless"
+    rules = (_restless_rule,)
+
+    def __init__(self, name: str | None = None) -> None:
+        super().__init__(name=name, input=IOKey(), output=IOKey())
+
+
+def test_a_rule_that_never_settles_stops_with_an_error():
+    with pytest.raises(
+        ShapeError, match=r"_restless: the shape solver made no progress"
+    ):
+        _Restless(name="_restless")
+    sh.clear_queue()
+
+
+# -- 9: expand checks broadcast compatibility at composition ---------------------------
+
+
+def test_expand_to_an_incompatible_shape_raises_at_composition():
+    model = Model()
+    with pytest.raises(
+        ShapeError,
+        match=r"cannot broadcast input \[7, 8, 9\] to \[3, 4, 5\]: axis 0 has size 7",
+    ):
+        model |= Expand((3, 4, 5))(
+            input=IOKey("input", shape=[7, 8, 9]), output=IOKey("output")
+        )
+
+
+def test_expand_checks_a_dim_learned_later():
+    model = Model()
+    model |= Expand((3, 4, 5))(
+        input=IOKey("input", shape=[None, 4, 1]), output=IOKey("output")
+    )
+    with pytest.raises(ShapeError, match="axis 0 has size 2, which is neither 1 nor 3"):
+        ml.compile(model, numpy64(), shapes={"input": [2, 4, 1]})
+
+
+def test_expand_of_a_compatible_shape_evaluates():
+    backend = numpy64()
+    model = Model()
+    model |= Expand((3, 4, 5))(
+        input=IOKey("input", shape=[1, 4, 1]), output=IOKey("output")
+    )
+    pm = ml.compile(model, backend, data_keys={"input"})
+    x = np.random.default_rng(0).standard_normal((1, 4, 1))
+    out = pm.evaluate({}, {"input": backend.array(x)})
+    np.testing.assert_array_equal(out["output"], np.broadcast_to(x, (3, 4, 5)))
+
+
+# -- 10: symbolic constructor arguments of library composites --------------------------
+
+
+def test_linear_with_a_symbolic_dimension():
+    backend = numpy64()
+    model = Model()
+    x = IOKey("input")
+    model |= Linear(x.shape[1] // 2)(input=x, output=IOKey("output"))
+    pm = ml.compile(model, backend, shapes={"input": [4, 6]}, data_keys={"input"})
+    assert pm.shapes["linear_0_weight"] == [3, 6]
+    assert pm.shapes["linear_0_bias"] == [3]
+    rng = np.random.default_rng(1)
+    w, b = rng.standard_normal((3, 6)), rng.standard_normal(3)
+    xv = rng.standard_normal((4, 6))
+    out = pm.evaluate(
+        {"linear_0_weight": backend.array(w), "linear_0_bias": backend.array(b)},
+        {"input": backend.array(xv)},
+    )
+    np.testing.assert_allclose(out["output"], xv @ w.T + b, rtol=1e-12)
+
+
+# -- 13: reduction axes are checked at construction; Where takes scalar branches ---
+
+
+@pytest.mark.parametrize("cls", [Mean, Sum, Max, ArgMax, Variance])
+def test_a_reduction_with_a_float_axis_raises_at_construction(cls):
+    with pytest.raises(
+        MithrilTypeError,
+        match=rf"{cls.__name__}: axis=2.3 is not an int, a tuple of ints or None",
+    ):
+        cls(axis=2.3)
+
+
+def test_a_reduction_accepts_a_list_of_numpy_ints():
+    assert Sum(axis=[0, np.int64(2)]).attributes["axis"] == (0, 2)
+
+
+def test_where_with_two_scalar_branches():
+    backend = numpy64()
+    model = Model()
+    model |= Where()(condition=IOKey("c"), input1=1.5, input2=-2.0, output=IOKey("o"))
+    pm = ml.compile(model, backend, shapes={"c": [4]}, data_keys={"c"})
+    cond = np.array([True, False, False, True])
+    out = pm.evaluate({}, {"c": backend.array(cond)})
+    np.testing.assert_array_equal(out["o"], np.where(cond, 1.5, -2.0))
