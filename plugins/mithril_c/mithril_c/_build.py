@@ -29,6 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -358,13 +359,17 @@ class _captured_output:  # noqa: N801 - used as a context manager
         self.handle.close()
 
 
+_LOADING = threading.Lock()
+
+
 def _load(name: str, path: Path) -> ModuleType:
-    module = sys.modules.get(name)
-    if module is not None:
+    with _LOADING:  # threads loading one library get one module
+        module = sys.modules.get(name)
+        if module is not None:
+            return module
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
         return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules[name] = module
-    return module

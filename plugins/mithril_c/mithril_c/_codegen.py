@@ -81,6 +81,8 @@ class Plan:
     grads: dict[str, tuple[Loc, tuple[int, ...], str] | None]
     functions: tuple[str, ...]
     errors: tuple[str, ...] = ()
+    # The workspace carries state from one call to the next (see Emitter.state).
+    stateful: bool = False
 
 
 @dataclass
@@ -247,8 +249,9 @@ class Emitter:
     """Code generator state, and the API lowerings emit C through.
 
     Forward emitters use ``shape``, ``dtype``, ``ctype``, ``ptr``, ``out``, ``alias``,
-    ``line``, ``lit``, ``longs``, ``temp``, ``fill``, ``gather``/``scatter`` and
-    ``check``; VJP emitters also ``gout``, ``target`` and ``grad_alias``.
+    ``line``, ``lit``, ``longs``, ``temp``, ``state``, ``fill``,
+    ``gather``/``scatter`` and ``check``; VJP emitters also ``gout``, ``target`` and
+    ``grad_alias``.
     ``transposed(value)`` gives the stored source of a transpose that is folded into a
     matrix product.
     """
@@ -276,6 +279,7 @@ class Emitter:
         self.lists: set[int] = set()
         self.dtypes: dict[int, str] = {}
         self.errors: list[str] = []
+        self.stateful = False
         for node in graph.nodes:
             for value in node.inputs:
                 self.consumers.setdefault(id(value), []).append(node)
@@ -560,6 +564,13 @@ class Emitter:
             self.fn.decls[name] = f"({ctype} *)(ws + {self.temps[tkey]})"
             self.fn.types[name] = ctype
         return name
+
+    def state(self, node: Node, key: str, numel: int, ctype: str = "real") -> str:
+        """Like :meth:`temp`, but the value persists from one call to the next (an
+        RNG state; zero before the first call). The runtime then serialises calls:
+        they share this one workspace."""
+        self.stateful = True
+        return self.temp(node, key, numel, ctype)
 
     def line(self, *lines: str) -> None:
         self.fn.lines.extend(lines)
@@ -1025,6 +1036,7 @@ def generate(
         grads=grads,
         functions=tuple(names),
         errors=tuple(em.errors),
+        stateful=em.stateful,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
@@ -19,8 +20,41 @@ class KernelIndexError(MithrilError, IndexError):
     cross-entropy classes); nothing was written to the caller's arrays."""
 
 
+class _Context:
+    """What one call writes: the workspace, the pointer tables and the views of the
+    workspace that results are copied from. A call holds a context to itself."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        plan, ffi, dtype = runtime.plan, runtime.ffi, runtime.dtype
+        # One aligned block; zero pages are only touched when written.
+        raw = np.zeros(plan.workspace + _ALIGN_BYTES, dtype=dtype)
+        skip = (-raw.ctypes.data % _ALIGN_BYTES) // dtype.itemsize
+        self.workspace = raw[skip : skip + plan.workspace]
+        self.ws = ffi.from_buffer("real[]", self.workspace)
+        self.io = ffi.new(
+            "real *[]", max(runtime.first_constant + len(plan.constants), 1)
+        )
+        for slot, buffer in enumerate(runtime.keep, start=runtime.first_constant):
+            self.io[slot] = buffer
+        self.og = ffi.new("real *[]", max(len(plan.seeds), 1))
+        self.output_views = [
+            (key, runtime.view(self.workspace, where))
+            for key, where in plan.outputs.items()
+        ]
+        self.grad_views = [
+            (key, None if where is None else runtime.view(self.workspace, where))
+            for key, where in plan.grads.items()
+        ]
+
+
 class Runtime:
-    """Owns the workspace and the pointer tables of one compiled model."""
+    """Calls into one compiled model; safe to use from several threads at once.
+
+    Each call takes a context (workspace and pointer tables) from a pool and gives it
+    back: concurrent calls get their own (allocated on demand, then kept), a lone
+    caller reuses one. The C runs without the GIL. A model whose workspace holds
+    state between calls (a dropout RNG) has one context and its calls take turns.
+    """
 
     def __init__(self, module: ModuleType, plan: Plan, dtype: np.dtype) -> None:
         self.ffi = module.ffi
@@ -33,37 +67,42 @@ class Runtime:
                 plan.input_keys, plan.input_shapes, plan.input_dtypes, strict=True
             )
         )
-        # Workspace: one aligned block, zero pages are only touched when written.
-        raw = np.zeros(plan.workspace + _ALIGN_BYTES, dtype=dtype)
-        skip = (-raw.ctypes.data % _ALIGN_BYTES) // dtype.itemsize
-        self.workspace = raw[skip : skip + plan.workspace]
-        self.ws = self.ffi.from_buffer("real[]", self.workspace)
         self.first_output = len(plan.input_keys)
         self.first_constant = self.first_output + len(plan.output_shapes)
-        self.io = self.ffi.new(
-            "real *[]", max(self.first_constant + len(plan.constants), 1)
-        )
         self.constants = [np.ascontiguousarray(c) for c in plan.constants]
-        self._keep = [self._pointer(c) for c in self.constants]
-        for slot, buffer in enumerate(self._keep, start=self.first_constant):
-            self.io[slot] = buffer
+        self.keep = [self._pointer(c) for c in self.constants]
         self.outputs_spec = tuple(
             (shape, np.dtype(name), np.dtype(name) == dtype)
             for shape, name in zip(plan.output_shapes, plan.output_dtypes, strict=True)
         )
-        self.og = self.ffi.new("real *[]", max(len(plan.seeds), 1))
         largest = max((int(np.prod(s)) for s in plan.seed_shapes), default=0)
+        # Missing output gradients read these zeros; the C never writes to og[].
         self.zeros = np.zeros(max(largest, 1), dtype=dtype)
-        self.zero_buffer = self.ffi.from_buffer("real[]", self.zeros)
-        self.output_views = [
-            (key, self._view(where)) for key, where in plan.outputs.items()
-        ]
-        self.grad_views = [
-            (key, None if where is None else self._view(where))
-            for key, where in plan.grads.items()
-        ]
+        self.zeros.flags.writeable = False
+        self.zero_buffer = self._pointer(self.zeros)
+        self.pool = [_Context(self)]
+        self.turns = threading.Lock() if plan.stateful else None
 
-    def _view(self, where: tuple[Loc, tuple[int, ...], str] | np.ndarray) -> Any:
+    def _acquire(self) -> _Context:
+        if self.turns is not None:
+            self.turns.acquire()
+            return self.pool[0]
+        try:
+            return self.pool.pop()  # atomic under the GIL
+        except IndexError:
+            return _Context(self)
+
+    def _release(self, context: _Context) -> None:
+        if self.turns is not None:
+            self.turns.release()
+        else:
+            self.pool.append(context)
+
+    def view(
+        self,
+        workspace: np.ndarray,
+        where: tuple[Loc, tuple[int, ...], str] | np.ndarray,
+    ) -> Any:
         """A workspace or constant view, or (kind, slot, shape) resolved per call."""
         if isinstance(where, np.ndarray):
             return where
@@ -71,7 +110,7 @@ class Runtime:
         if loc.kind == "ws":
             size = int(np.prod(shape))
             start = loc.index * self.dtype.itemsize
-            data = self.workspace.view(np.uint8)[start:]
+            data = workspace.view(np.uint8)[start:]
             return data[: size * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
         if loc.kind == "io" and loc.index >= self.first_constant:
             return self.constants[loc.index - self.first_constant].reshape(shape)
@@ -79,10 +118,13 @@ class Runtime:
             return ("out", loc.index - self.first_output, shape)
         return (loc.kind, loc.index, shape)
 
-    def _bind(self, inputs: Mapping[str, Any]) -> tuple[list[Any], list[np.ndarray]]:
-        """Check every input, allocate the outputs and point io[] at them."""
+    def _bind(
+        self, context: _Context, inputs: Mapping[str, Any]
+    ) -> tuple[list[Any], list[np.ndarray]]:
+        """Check every input, allocate the outputs and point io[] at them. The
+        arrays returned must stay alive until the C call returns."""
         alive = []
-        io = self.io
+        io = context.io
         from_buffer = self.ffi.from_buffer
         for slot, (key, shape, dtype, real) in enumerate(self.items):
             array = self._checked(inputs, key, shape, "input", dtype)
@@ -140,45 +182,49 @@ class Runtime:
             raise KernelIndexError(msg)
 
     def _result(
-        self, view: Any, inputs: list[Any], outputs: list[Any], seeds: list[Any]
+        self,
+        view: Any,
+        inputs: list[Any],
+        outputs: list[Any],
+        fresh: list[Any],
+        seeds: list[Any],
     ) -> np.ndarray:
         if isinstance(view, tuple):
             kind, slot, shape = view
             if kind == "out":
                 array = outputs[slot]
                 if array is None:  # a second key for the same value gets a copy
-                    return np.array(self._fresh[slot], copy=True).reshape(shape)
+                    return np.array(fresh[slot], copy=True).reshape(shape)
                 outputs[slot] = None
-                self._fresh[slot] = array
                 return array.reshape(shape)
             source = inputs[slot] if kind == "io" else seeds[slot]
             return np.array(source, copy=True).reshape(shape)
         return view.copy()
 
-    def _outputs(self, inputs: list[Any], outputs: list[Any]) -> dict[str, Any]:
-        self._fresh = list(outputs)
-        return {k: self._result(v, inputs, outputs, []) for k, v in self.output_views}
+    def _outputs(
+        self,
+        context: _Context,
+        inputs: list[Any],
+        outputs: list[Any],
+        fresh: list[Any],
+    ) -> dict[str, Any]:
+        return {
+            k: self._result(v, inputs, outputs, fresh, [])
+            for k, v in context.output_views
+        }
 
     def forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        alive, outputs = self._bind(inputs)
-        self._call(self.lib.mc_forward(self.io, self.ws))
-        return self._outputs(alive, outputs)
+        context = self._acquire()
+        try:
+            alive, outputs = self._bind(context, inputs)
+            self._call(self.lib.mc_forward(context.io, context.ws))
+            return self._outputs(context, alive, outputs, list(outputs))
+        finally:
+            self._release(context)
 
     def forward_backward(
         self, inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        alive, fresh = self._bind(inputs)
-        seeds: list[Any] = []
-        for slot, (key, shape) in enumerate(
-            zip(self.plan.seeds, self.plan.seed_shapes, strict=True)
-        ):
-            if key in output_gradients:
-                array = self._checked(output_gradients, key, shape, "output gradient")
-                self.og[slot] = self.ffi.from_buffer("real[]", array)
-            else:
-                array = self.zeros[: int(np.prod(shape))].reshape(shape)
-                self.og[slot] = self.zero_buffer
-            seeds.append(array)
         unknown = set(output_gradients) - set(self.plan.seeds)
         if unknown:
             msg = (
@@ -186,14 +232,33 @@ class Runtime:
                 f"differentiable outputs; expected a subset of {list(self.plan.seeds)}."
             )
             raise InputKeyError(msg)
-        self._call(self.lib.mc_forward_train(self.io, self.ws))
-        self._call(self.lib.mc_backward(self.io, self.og, self.ws))
-        outputs = self._outputs(alive, fresh)
-        grads = {
-            k: None if v is None else self._result(v, alive, fresh, seeds)
-            for k, v in self.grad_views
-        }
-        return outputs, grads
+        context = self._acquire()
+        try:
+            alive, produced = self._bind(context, inputs)
+            fresh = list(produced)  # _result hands each out once, then copies
+            seeds: list[Any] = []
+            for slot, (key, shape) in enumerate(
+                zip(self.plan.seeds, self.plan.seed_shapes, strict=True)
+            ):
+                if key in output_gradients:
+                    array = self._checked(
+                        output_gradients, key, shape, "output gradient"
+                    )
+                    context.og[slot] = self.ffi.from_buffer("real[]", array)
+                else:
+                    array = self.zeros[: int(np.prod(shape))].reshape(shape)
+                    context.og[slot] = self.zero_buffer
+                seeds.append(array)
+            self._call(self.lib.mc_forward_train(context.io, context.ws))
+            self._call(self.lib.mc_backward(context.io, context.og, context.ws))
+            outputs = self._outputs(context, alive, produced, fresh)
+            grads = {
+                k: None if v is None else self._result(v, alive, produced, fresh, seeds)
+                for k, v in context.grad_views
+            }
+            return outputs, grads
+        finally:
+            self._release(context)
 
 
 def _fits(array: np.ndarray) -> bool:

@@ -11,14 +11,17 @@ Runtime contract (documented for users):
   evaluate: the C code is generated and built then, once per distinct set of input
   shapes and dtype kinds (each cached). Until then ``pm.code`` says so; afterwards it
   holds the latest specialisation's source (also written to ``file_path``).
-- Outputs and gradients are fresh NumPy arrays (copies out of the model's workspace,
-  which is allocated once per compiled model and reused by every call). A compiled
-  model is therefore not re-entrant: do not evaluate one from several threads at once.
+- Outputs and gradients are fresh NumPy arrays (copies out of the workspace the call
+  used). Threads may evaluate one compiled model at once: each concurrent call gets a
+  workspace of its own (allocated on first need, then reused; a lone caller reuses
+  one) and the C runs without the GIL. A model whose workspace keeps state between
+  calls (dropout's RNG) has one workspace, and its calls take turns.
 - Missing output gradients count as zeros.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +38,7 @@ _DTYPE_NAMES = {
     + ("uint8", "bool")
 }
 _REAL = {"float32": "float", "float64": "double"}
+_SPECIALIZING = threading.Lock()
 
 
 class CBackend(Backend):
@@ -251,11 +255,16 @@ class _Specializations:
         sig = signature(self.keys, inputs)
         runtime = self.runtimes.get(sig)
         if runtime is None:
-            graph = specialize(self.graph, self.keys, sig)
-            runtime = self.backend._runtime(
-                graph, self.lowerings, self.options, self.file_path
-            )
-            self.runtimes[sig] = runtime
+            # Threads meeting a new signature at once build it once; specialising
+            # re-solves shared logical-model state.
+            with _SPECIALIZING:
+                runtime = self.runtimes.get(sig)
+                if runtime is None:
+                    graph = specialize(self.graph, self.keys, sig)
+                    runtime = self.backend._runtime(
+                        graph, self.lowerings, self.options, self.file_path
+                    )
+                    self.runtimes[sig] = runtime
         return self._show(runtime)
 
     def _show(self, runtime: Any) -> Any:

@@ -315,7 +315,7 @@ def scaled_dot_product_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 def dropout(ctx: Emitter, node: Node) -> None:
     x, p = ctx.ptr(node.inputs[0]), ctx.lit(node.inputs[1].constant)
-    state = ctx.temp(node, "state", 1, "uint64_t")
+    state = ctx.state(node, "state", 1, "uint64_t")
     # A fixed odd seed per dropout node: a compiled model's masks are reproducible.
     seed = (0x9E3779B97F4A7C15 * (ctx.graph.nodes.index(node) + 1)) % 2**64 | 1
     ctx.line(
