@@ -15,8 +15,9 @@ Reading a document is safe on untrusted input:
   :class:`~mithril_core.errors.ModelDocumentError`.
 - Constructor arguments must be parameters of the class's ``__init__`` (never its
   ``*args``/``**kwargs``), and values only what :func:`model_to_dict` writes.
-- The limits below are checked before anything is built; every error names the place
-  in the document (``children[3].model.args.dtype``).
+- The limits below bound what is read (checked before anything is built) and what is
+  built (checked as it is); every error names the place in the document
+  (``children[3].model.args.dtype``).
 - Names (models, children, keys, terminals) are non-empty strings of at most
   :data:`MAX_NAME_LENGTH` characters, kept as given: quotes, backslashes, ``*/`` and
   line breaks are allowed (every place a name reaches generated code or DOT output
@@ -122,9 +123,12 @@ MAX_DEPTH = 100
 MAX_STRING_LENGTH = 4096
 #: Longest model, child, key or terminal name.
 MAX_NAME_LENGTH = 256
-#: Most models one document builds: every child of a plain ``Model`` and every model
-#: given as a constructor argument (a library model's own children do not count).
+#: Most models one document builds, counting the models inside library models
+#: (``resnet152`` is about 4,500): document loading time grows with it.
 MAX_MODELS = 10_000
+#: Most children of one plain ``Model``: adding a child re-checks the shapes of those
+#: before it, so the time grows with the square of this (2,048 take about 4 s).
+MAX_CHILDREN = 2048
 #: Largest magnitude of an integer in a constructor argument or a key's shape; larger
 #: integer constants go in array constants or bindings (int64).
 MAX_SIZE = 2**31 - 1
@@ -447,8 +451,8 @@ class _Reader:
         self.classes = classes
         self.models = 0
 
-    def count_model(self, path: str) -> None:
-        self.models += 1
+    def count_models(self, path: str, count: int = 1) -> None:
+        self.models += count
         if self.models > MAX_MODELS:
             msg = (
                 f"the document builds more than MAX_MODELS={MAX_MODELS} models; "
@@ -479,7 +483,7 @@ class _Reader:
         if type(args) is not dict:
             raise _fail(args_path, f"expected an object, got {_kind(args)}.")
         kwargs = self.arguments(cls, class_name, args, args_path)
-        self.count_model(path)
+        self.count_models(path)
         try:
             model = cls(**kwargs)
         except Exception as exc:
@@ -487,6 +491,7 @@ class _Reader:
             raise _fail(path, msg) from exc
         if not isinstance(model, BaseModel):
             raise _fail(path, f"{class_name} did not build a model.")
+        self.count_models(path, _tree_size(model) - 1)
         return model
 
     def arguments(
@@ -639,7 +644,14 @@ class _Reader:
         }
         children_path = _field(path, "children")
         steps = _expect_list(_required(data, "children", path), children_path)
-        self.count_model(path)
+        if len(steps) > MAX_CHILDREN:
+            msg = (
+                f"{len(steps)} children, more than MAX_CHILDREN={MAX_CHILDREN}; "
+                "raise mithril_core.logical.serialize.MAX_CHILDREN if you trust "
+                "this document."
+            )
+            raise _fail(children_path, msg)
+        self.count_models(path)
         model = Model(name=name)
         children: list[BaseModel] = []
         fresh: dict[int, Connection] = {}
@@ -757,6 +769,15 @@ class _Reader:
         if conn is None:
             conn = fresh[number] = Connection(model=model)
         return conn
+
+
+def _tree_size(model: BaseModel) -> int:
+    size, stack = 0, [model]
+    while stack:
+        node = stack.pop()
+        size += 1
+        stack.extend(getattr(node, "_children", ()))
+    return size
 
 
 def _refuse_key_patterns(calls: Any, path: str) -> None:

@@ -299,7 +299,8 @@ def test_repeat_counts_are_bounded():
 def test_model_count_is_bounded(monkeypatch):
     from mithril_core.logical import serialize
 
-    monkeypatch.setattr(serialize, "MAX_MODELS", 3)
+    # Counted: the plain model (1), Linear and its 3 primitives (4), Relu (1).
+    monkeypatch.setattr(serialize, "MAX_MODELS", 6)
     model = Model()
     model += Linear(2)(input="input")
     model += Relu()
@@ -307,7 +308,43 @@ def test_model_count_is_bounded(monkeypatch):
     with pytest.raises(ModelDocumentError) as info:
         Model.from_dict(model.to_dict())
     assert str(info.value).startswith(
-        "children[2].model: the document builds more than MAX_MODELS=3 models"
+        "children[2].model: the document builds more than MAX_MODELS=6 models"
+    )
+
+
+def test_models_inside_library_models_count():
+    resnet = {"class": "mithril_core.models.resnet:ResNet", "args": {"depth": 50}}
+    data = {
+        "class": "mithril_core.models.composites:MLP",
+        "args": {
+            "activations": [{"__model__": resnet}] * 1000,
+            "dimensions": [2] * 1000,
+        },
+    }
+    start = time.perf_counter()
+    with pytest.raises(ModelDocumentError) as info:
+        Model.from_dict(data)
+    assert time.perf_counter() - start < 30
+    # resnet50 is 1,528 models: the seventh passes 10,000.
+    assert str(info.value).startswith(
+        "args.activations[6].__model__: the document builds more than "
+        "MAX_MODELS=10000 models"
+    )
+
+
+def test_children_of_one_model_are_bounded(monkeypatch):
+    from mithril_core.logical import serialize
+
+    monkeypatch.setattr(serialize, "MAX_CHILDREN", 2)
+    model = Model()
+    model += Relu()(input="input")
+    model += Relu()
+    model += Tanh()(output=IOKey("output"))
+    with pytest.raises(ModelDocumentError) as info:
+        Model.from_dict(model.to_dict())
+    assert str(info.value) == (
+        "children: 3 children, more than MAX_CHILDREN=2; raise "
+        "mithril_core.logical.serialize.MAX_CHILDREN if you trust this document."
     )
 
 
