@@ -81,7 +81,8 @@ def cache_dir() -> Path:
             os.path.expanduser("~"), ".cache"
         )
         path = Path(base) / "mithril_c"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not path.exists():  # an existing non-directory is reported just below
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     _check_private(path)
     return path
 
