@@ -145,6 +145,8 @@ class Connection:
         """A readable path for messages: ``model_path.name``."""
         root = self.find()
         candidates = root.names or self.names
+        if not candidates and root.producer is not None:
+            return f"{root.producer.path()}.output"
         if not candidates:
             return "<unnamed connection>"
         model, name = min(candidates, key=lambda mn: mn[0].depth())
@@ -428,6 +430,17 @@ def merge(child: Connection, target: Connection, context: str) -> Connection:
             "A connection has one producer; give one of them another name."
         )
         raise ModelConnectionError(msg)
+    for writer, holder in ((a, b), (b, a)):
+        if writer.producer is not None and holder.value is not NOVALUE:
+            # A value on an output would silently replace what the model computes.
+            into = target.display_name() if b.names else "a constant"
+            msg = (
+                f"{context}: {writer.producer.path()} writes its output into "
+                f"{into}, which holds the value {holder.value!r}. "
+                "Values are given to inputs only: drop the value, or write the "
+                "output to another name."
+            )
+            raise ModelConnectionError(msg)
     a_shape, b_shape = repr(a.shape_node), repr(b.shape_node)
     try:
         sh.unify(a.shape_node, b.shape_node)

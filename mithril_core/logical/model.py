@@ -453,14 +453,30 @@ class Model(BaseModel):
 
     def _update_canonical(self, child: BaseModel, chain: bool) -> None:
         child_cout = child.cout
-        if self._cin is None and child.cin_name() is not None:
-            self._cin = child.cin
-        if self._cout is None or chain:
+        # The canonical input is a free input: never a connection something inside
+        # writes (a later child may produce it) and never a constant.
+        if self._cin is None or not _is_free(self._cin):
+            self._cin = self._free_input(child)
+        named_output = self._exposed.get("output")
+        writes_output = (
+            named_output is not None and child_cout.find() is named_output.find()
+        )
+        if self._cout is None or chain or writes_output:
             self._cout = child_cout
             return
         current = self._cout.find()
         if any(child.terminal(n).find() is current for n in child.input_names()):
             self._cout = child_cout
+
+    def _free_input(self, child: BaseModel) -> Connection | None:
+        """The new canonical input: ``child``'s canonical input if free, else its
+        first free input, else the first free connection of this model."""
+        candidates: list[Connection] = []
+        if child.cin_name() is not None:
+            candidates.append(child.cin)
+        candidates.extend(child.terminal(n) for n in child.input_names())
+        candidates.extend(self._conns.values())
+        return next((c for c in candidates if _is_free(c)), None)
 
     def _resolve(self, value: Any, term: str, child: BaseModel) -> Connection:
         if isinstance(value, IOKey) and value.model is None:
@@ -598,7 +614,7 @@ class Model(BaseModel):
     def cin(self) -> Connection:
         self._ensure_built()
         conn = self._conns.get("input")
-        if conn is not None and conn.find().producer is None:
+        if conn is not None and _is_free(conn):
             return conn
         if self._cin is None:
             msg = f"{self.path()}: has no canonical input yet (add a model first)."
@@ -608,6 +624,10 @@ class Model(BaseModel):
     @property
     def cout(self) -> Connection:
         self._ensure_built()
+        # The last output written (``+=``, or ``|=`` reading the previous one), even
+        # when an earlier child's output is exposed as "output".
+        if self._cout is not None:
+            return self._cout
         conn = self._exposed.get("output")
         if conn is not None:
             return conn
@@ -617,6 +637,10 @@ class Model(BaseModel):
         return self._cout
 
     def cin_name(self) -> str | None:
+        self._ensure_built()
+        named = self._conns.get("input")
+        if self._cin is None and (named is None or not _is_free(named)):
+            return None
         cin = self.cin.find()
         for name, conn in self._conns.items():
             if conn.find() is cin:
@@ -716,6 +740,12 @@ class Operator(Model):
                 conn.model = self
 
 
+def _is_free(conn: Connection) -> bool:
+    """Whether ``conn`` is an input nothing writes and no constant fills."""
+    root = conn.find()
+    return root.producer is None and root.value is NOVALUE
+
+
 def _is_ancestor(ancestor: BaseModel, model: BaseModel) -> bool:
     node = model._parent
     while node is not None:
@@ -747,7 +777,7 @@ def _raise_rule_error(rule: sh.Rule, exc: Exception) -> None:
         return
     owner = rule.owner
     details = ", ".join(
-        f"{name}: {conn.find().shape_repr()}"
+        f"{name}: {conn.find().shape_repr()}{_user_side(conn, owner)}"
         for name, conn in rule.terminals.items()
         if ty.TENSORS & conn.find().types
     )
@@ -757,3 +787,18 @@ def _raise_rule_error(rule: sh.Rule, exc: Exception) -> None:
     where = f" (connected at {'; '.join(sources[-4:])})" if sources else ""
     msg = f"{owner.path()}: {exc} [{details}]{where}"
     raise ShapeError(msg) from exc
+
+
+def _user_side(conn: Connection, owner: BaseModel) -> str:
+    """`` (model.lhs_tensor, from model.relu_0.output)``: what the user named the
+    connection bound to one of ``owner``'s terminals, and which model writes it."""
+    root = conn.find()
+    named = [(m, n) for m, n in root.names if m is not owner]
+    parts: list[str] = []
+    if named:
+        model, name = min(named, key=lambda mn: mn[0].depth())
+        parts.append(f"{model.path()}.{name}")
+    producer = root.producer
+    if producer is not None and producer is not owner:
+        parts.append(f"from {producer.path()}.output")
+    return f" ({', '.join(parts)})" if parts else ""

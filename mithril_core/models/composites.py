@@ -57,17 +57,26 @@ class MLP(Model):
             )
             raise ValueError(msg)
         last = len(dimensions) - 1
+        # Explicit bindings, not ``+=``: a symbolic dimension pulls its shape
+        # arithmetic in as extra children, which must not become the chain's output.
+        previous: IOKey | str = IOKey("input")
         for i, (activation, dim) in enumerate(
             zip(activations, dimensions, strict=True)
         ):
-            layer = Linear(dim, use_bias=use_bias, name=f"layer_{i}")
+            # A symbolic size becomes this model's input, bound when the MLP is added;
+            # the layer reads that input (adopting the expression here would pull the
+            # caller's connections into the MLP).
+            size = self.symbolic(f"dimension_{i}", dim)
+            size = self._conns[size] if isinstance(size, str) else size
+            layer = Linear(size, use_bias=use_bias, name=f"layer_{i}")
             is_last = i == last and activation is None
-            out = IOKey("output") if is_last else f"layer_{i}_output"
-            if i == 0:
-                self |= layer(input=IOKey("input"), output=out)
-            else:
-                self += layer(output=out)
+            out: IOKey | str = IOKey("output") if is_last else f"layer_{i}_output"
+            self |= layer(input=previous, output=out)
+            previous = f"layer_{i}_output"
             if activation is not None:
                 out = IOKey("output") if i == last else f"activation_{i}_output"
                 activation.name = activation.name or f"activation_{i}"
-                self += activation(output=out)
+                self |= activation(input=previous, output=out)
+                previous = f"activation_{i}_output"
+        self._cin = self._conns["input"]
+        self._cout = self._conns["output"]

@@ -458,7 +458,6 @@ def split_shape(rule: sh.Rule) -> bool:
         element = Connection(type=inp.types)
         sh.unify_with_dims(element.shape_node, [*dims[:ax], chunk, *dims[ax + 1 :]])
         elements.append(element)
-    sh.record(out, "elements")
     out.elements = elements
     sh.notify(out.watchers)
     return True
@@ -531,7 +530,6 @@ def shape_value(rule: sh.Rule) -> bool:
                 element.value = d.value
             elements.append(element)
         if out.elements is None:
-            sh.record(out, "elements")
             out.elements = elements
             sh.notify(out.watchers)
     values = inp.shape_node.values()
@@ -546,7 +544,6 @@ def to_sequence(kind: type) -> RuleFn:
         names = [n for n in rule.terminals if n != "output"]
         out = rule.conn("output")
         if out.elements is None:
-            sh.record(out, "elements")
             out.elements = [rule.conn(n) for n in names]
             sh.notify(out.watchers)
         values = [rule.conn(n).value for n in names]

@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 
 import mithril_core as ml
-from mithril_core.errors import MithrilTypeError, ShapeError
+from mithril_core.errors import MithrilTypeError, ModelConnectionError, ShapeError
 from mithril_core.logical import shapes as sh
 from mithril_core.models import (
     MLP,
+    Add,
     ArgMax,
     Buffer,
     Expand,
     IOKey,
     Linear,
+    MatrixMultiply,
     Max,
     Mean,
     Model,
@@ -26,7 +28,10 @@ from mithril_core.models import (
     Relu,
     Reshape,
     Shape,
+    Sigmoid,
+    Sine,
     Sum,
+    Tanh,
     Variance,
     Where,
 )
@@ -38,6 +43,104 @@ def shape_of(conn):
 
 def numpy64():
     return ml.NumpyBackend(dtype=ml.float64)
+
+
+# -- 2: the canonical input is always a free input ------------------------------------
+
+
+def _tanh_of_sine() -> Model:
+    model = Model()
+    model |= Tanh()(input="input1", output="output1")
+    model |= Sine()(input="input2", output="input1")  # now input1 is written inside
+    return model
+
+
+def test_canonical_input_moves_when_a_later_child_writes_it():
+    model = _tanh_of_sine()
+    assert model.cin_name() == "input2"
+    assert model.input_names() == ["input2"]
+
+
+def test_parent_chains_into_the_moved_canonical_input():
+    backend = numpy64()
+    parent = Model()
+    parent |= Buffer()(input=IOKey("x"), output="b")
+    parent += _tanh_of_sine()
+    pm = ml.compile(parent, backend, shapes={"x": [3]}, data_keys={"x"})
+    x = np.array([0.3, -1.2, 2.0])
+    out = pm.evaluate({}, {"x": backend.array(x)})
+    (result,) = out.values()
+    np.testing.assert_allclose(result, np.tanh(np.sin(x)), rtol=1e-12)
+
+
+def test_a_constant_input_is_never_canonical():
+    model = Model()
+    model |= Add()(left=2.0, right="x", output=IOKey("output"))
+    assert model.cin_name() == "x"
+    parent = Model()
+    parent |= Buffer()(input=IOKey("input"), output="b")
+    parent += model
+    backend = numpy64()
+    pm = ml.compile(parent, backend, shapes={"input": [2]}, data_keys={"input"})
+    x = np.array([1.0, -4.0])
+    out = pm.evaluate({}, {"input": backend.array(x)})
+    (result,) = out.values()
+    np.testing.assert_allclose(result, x + 2.0)
+
+
+# -- 3: |= reading the canonical output moves it, as += does ---------------------------
+
+
+def test_or_assign_from_cout_moves_cout_even_past_an_exposed_output():
+    model = Model()
+    model |= Sigmoid()(input="input", output=IOKey("output"))
+    model |= Tanh()(input=model.cout)
+    model |= Sine()(input=model.cout)
+    parent = Model()
+    parent += model
+    parent += Relu()(output=IOKey("result"))
+    backend = numpy64()
+    pm = ml.compile(
+        parent, backend, shapes={"model_0_input": [4]}, data_keys={"model_0_input"}
+    )
+    x = np.array([-2.0, -0.1, 0.4, 3.0])
+    out = pm.evaluate({}, {"model_0_input": backend.array(x)})
+    expected = np.maximum(np.sin(np.tanh(1 / (1 + np.exp(-x)))), 0)
+    np.testing.assert_allclose(out["result"], expected, rtol=1e-12)
+    assert list(out) == ["result"]
+
+
+# -- 4: no values on outputs -----------------------------------------------------------
+
+
+def test_a_value_on_an_output_key_raises():
+    model = Model()
+    with pytest.raises(
+        ModelConnectionError,
+        match=r"model.sigmoid_0.output: model.sigmoid_0 writes its output into "
+        r"model.y, which holds the value array\(\[1., 1., 1.\]\)",
+    ):
+        model |= Sigmoid()(input="input", output=IOKey("y", value=np.ones(3)))
+
+
+def test_a_constant_bound_to_an_output_raises():
+    model = Model()
+    with pytest.raises(
+        ModelConnectionError,
+        match=r"writes its output into a constant, which holds the value 3.0",
+    ):
+        model |= Sigmoid()(input="input", output=3.0)
+
+
+def test_writing_an_output_into_a_connection_holding_a_value_raises():
+    model = Model()
+    model |= Add()(left=IOKey("c", value=1.0), right="x", output=IOKey("out"))
+    with pytest.raises(
+        ModelConnectionError,
+        match=r"model.relu_0.output: model.relu_0 writes its output into model.c, "
+        r"which holds the value 1.0. Values are given to inputs only",
+    ):
+        model |= Relu()(input="input", output="c")
 
 
 # -- 5: pass-through of any type -------------------------------------------------------
@@ -257,3 +360,86 @@ def test_where_with_two_scalar_branches():
     cond = np.array([True, False, False, True])
     out = pm.evaluate({}, {"c": backend.array(cond)})
     np.testing.assert_array_equal(out["o"], np.where(cond, 1.5, -2.0))
+
+
+# -- 12: conflict messages name what the user named ------------------------------------
+
+
+def test_broadcast_conflict_names_the_users_connections():
+    model = Model()
+    with pytest.raises(ShapeError) as info:
+        model |= Add()(
+            left=IOKey("lhs_tensor", shape=[3, 4]),
+            right=IOKey("other_operand", shape=[5, 6]),
+            output="o",
+        )
+    message = str(info.value)
+    assert message.startswith("model.add_0: cannot broadcast dims [4, 6] at axis -1")
+    assert "left: [3, 4] (model.lhs_tensor)" in message
+    assert "right: [5, 6] (model.other_operand)" in message
+
+
+def test_matmul_conflict_names_the_users_connections():
+    model = Model()
+    with pytest.raises(ShapeError) as info:
+        model |= MatrixMultiply()(
+            left=IOKey("mat_a", shape=[3, 4]),
+            right=IOKey("part_a", shape=[5, 6]),
+            output="o",
+        )
+    message = str(info.value)
+    assert "inner dims do not match: left [3, 4] @ right [5, 6]" in message
+    assert "left: [3, 4] (model.mat_a), right: [5, 6] (model.part_a)" in message
+
+
+def test_conflict_names_the_models_that_write_both_sides():
+    model = Model(name="custom_mlp")
+    model |= Relu()(input=IOKey("input", shape=[None, 4]), output="part_a")
+    model |= Sigmoid()(input=IOKey("x", shape=[None, 5]), output="q")
+    with pytest.raises(ShapeError) as info:
+        model |= Add()(left="part_a", right="q", output="z")
+    message = str(info.value)
+    assert "left: [None, 4] (custom_mlp.part_a, from custom_mlp.relu_0.output)" in (
+        message
+    )
+    assert "right: [None, 5] (custom_mlp.q, from custom_mlp.sigmoid_0.output)" in (
+        message
+    )
+
+
+def test_merge_conflict_names_the_unnamed_producer_side():
+    model = Model(name="custom_mlp")
+    model += Linear(16)(input=IOKey("input", shape=[None, 4]))
+    model += Relu()
+    with pytest.raises(ShapeError) as info:
+        model += Linear(3)(weight=IOKey("w", shape=[3, 8]))
+    assert str(info.value).startswith(
+        "custom_mlp.linear_1.input: shape [..., 8] conflicts with [None, 16] from "
+        "custom_mlp.relu_0.output (8 != 16)"
+    )
+
+
+def test_mlp_with_a_symbolic_dimension():
+    backend = numpy64()
+    model = Model()
+    x = IOKey("input")
+    model |= MLP([Relu(), None], [x.shape[1] // 2, 5])(input=x, output=IOKey("output"))
+    pm = ml.compile(model, backend, shapes={"input": [4, 6]}, data_keys={"input"})
+    assert pm.shapes["mlp_0_layer_0_weight"] == [3, 6]
+    assert pm.shapes["mlp_0_layer_1_weight"] == [5, 3]
+    rng = np.random.default_rng(2)
+    w0, b0 = rng.standard_normal((3, 6)), rng.standard_normal(3)
+    w1, b1 = rng.standard_normal((5, 3)), rng.standard_normal(5)
+    xv = rng.standard_normal((4, 6))
+    params = {
+        "mlp_0_layer_0_weight": w0,
+        "mlp_0_layer_0_bias": b0,
+        "mlp_0_layer_1_weight": w1,
+        "mlp_0_layer_1_bias": b1,
+    }
+    out = pm.evaluate(
+        {k: backend.array(v) for k, v in params.items()},
+        {"input": backend.array(xv)},
+    )
+    expected = np.maximum(xv @ w0.T + b0, 0) @ w1.T + b1
+    np.testing.assert_allclose(out["output"], expected, rtol=1e-12)
