@@ -118,9 +118,9 @@ class MlxBackend(Backend):
         return None
 
     def index_range(self, array: Any) -> tuple[int, int]:
-        import mlx.core as mx
-
-        return int(mx.min(array).item()), int(mx.max(array).item())
+        # Unified memory: a NumPy view reduces in ~2 us, mx.min/mx.max take ~20.
+        values = np.asarray(array)
+        return int(values.min()), int(values.max())
 
     # -- compile-time API --------------------------------------------------------------
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
