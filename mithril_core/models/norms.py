@@ -5,7 +5,7 @@ from __future__ import annotations
 from mithril_core.logical import shapes as sh
 from mithril_core.logical.connection import Connection, IOKey
 from mithril_core.logical.model import Model
-from mithril_core.primitives import Buffer, ModeSwitch
+from mithril_core.primitives import Buffer, DimFromValue, ModeSwitch
 
 
 def _normalize(x: Connection, axis: int | tuple[int, ...], eps: float) -> Connection:
@@ -82,16 +82,19 @@ class BatchNorm2D(Model):
 
     def __init__(
         self,
-        num_features: int | None = None,
+        num_features: int | Connection | None = None,
         eps: float = 1e-5,
         momentum: float = 0.1,
         affine: bool = True,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        channels = sh.Dim(num_features, name="C")
+        size = self.symbolic("num_features", num_features)
+        channels = sh.Dim(size if isinstance(size, int) else None, name="C")
         x = IOKey("input", shape=["N", channels, "H", "W"])
         running_mean = IOKey("running_mean", shape=[channels])
+        if isinstance(size, str):
+            self |= DimFromValue(axis=0)(input=running_mean, value=size)
         running_var = IOKey("running_var", shape=[channels])
         axes = (0, 2, 3)
         batch_mean = x.mean(axis=axes)

@@ -16,6 +16,7 @@ from mithril_core.models import (
     MLP,
     Add,
     ArgMax,
+    BatchNorm2D,
     Buffer,
     Expand,
     IOKey,
@@ -443,3 +444,19 @@ def test_mlp_with_a_symbolic_dimension():
     )
     expected = np.maximum(xv @ w0.T + b0, 0) @ w1.T + b1
     np.testing.assert_allclose(out["output"], expected, rtol=1e-12)
+
+
+def test_batch_norm_with_symbolic_num_features():
+    model = Model()
+    x = IOKey("input")
+    model |= Relu()(input=x, output="r")
+    model |= BatchNorm2D(x.shape[1] + 1)(input="r", output=IOKey("output"))
+    with pytest.raises(ShapeError, match="6 != 5|5 != 6"):
+        ml.compile(model, numpy64(), shapes={"input": [2, 5, 3, 3]})
+    model = Model()
+    x = IOKey("input")
+    model |= Relu()(input=x, output="r")
+    model |= BatchNorm2D(x.shape[1])(input="r", output=IOKey("output"))
+    pm = ml.compile(model, numpy64(), shapes={"input": [2, 5, 3, 3]})
+    assert pm.shapes["batch_norm2_d_0_running_mean"] == [5]
+    assert pm.shapes["batch_norm2_d_0_weight"] == [5]
