@@ -377,7 +377,8 @@ def _ambiguous(types: frozenset[str]) -> bool:
 @dataclass(frozen=True)
 class IndexCheck:
     """Int indices that a graph input gives to a call, checked at evaluate before the
-    backend runs: every value must be in ``[0, bound)``."""
+    backend runs: every value must be in ``[0, bound)`` (``[-bound, bound)`` where
+    negative indices count from the end, as for ``indexer``)."""
 
     key: str  # the graph input holding the indices
     what: str  # what they are, e.g. "embedding ids"
@@ -385,13 +386,16 @@ class IndexCheck:
     # How many things are indexed: a known int, or (input key, axis) of its shape.
     bound: int | tuple[str, int]
     indexed: str  # what is indexed, e.g. "rows of weight"
+    negative: bool = False  # whether -bound <= index < 0 counts from the end
 
 
-# op -> (indices input, indexed input, what the indices are, what they index). The
-# indexed axis is 0 for embedding and the ``axis`` attribute for cross_entropy.
+# op -> (indices input, indexed input, what the indices are, what they index, whether
+# negative indices count from the end). The indexed axis is the ``axis`` attribute
+# for cross_entropy, else 0 (``indexer`` with one int tensor as the index).
 _INDEXING = {
-    "embedding": ("input", "weight", "embedding ids", "rows of"),
-    "cross_entropy": ("target", "input", "cross_entropy targets", "classes of"),
+    "embedding": ("input", "weight", "embedding ids", "rows of", False),
+    "cross_entropy": ("target", "input", "cross_entropy targets", "classes of", False),
+    "indexer": ("index", "input", "indexer indices", "entries on axis 0 of", True),
 }
 # Calls whose output holds only values of their first input: indices passed through
 # them are the input's indices.
@@ -411,13 +415,13 @@ def index_checks(graph: FlatGraph) -> list[IndexCheck]:
         spec = _INDEXING.get(node.op)
         if spec is None:
             continue
-        index_name, indexed_name, what, of = spec
+        index_name, indexed_name, what, of, negative = spec
         names = node.primitive._inputs
         source = node.inputs[names.index(index_name)]
         while id(source) in producer and producer[id(source)].op in _INDEX_PRESERVING:
             source = producer[id(source)].inputs[0]
         key = input_key.get(id(source))
-        if key is None:
+        if key is None or not source.types <= ty.TENSORS:
             continue
         indexed = node.inputs[names.index(indexed_name)]
         axis = 0
@@ -426,7 +430,8 @@ def index_checks(graph: FlatGraph) -> list[IndexCheck]:
         bound = _dim_of(graph, indexed, axis, input_key)
         if bound is None:
             continue
-        checks.append(IndexCheck(key, what, node.path, bound, f"{of} {indexed.name}"))
+        indexed_name = f"{of} {indexed.name}"
+        checks.append(IndexCheck(key, what, node.path, bound, indexed_name, negative))
     return checks
 
 

@@ -207,7 +207,15 @@ class PhysicalModel:
         output_gradients: Mapping[str, Any] | None = None,
     ) -> Any:
         """Run the model. Returns the outputs dict, or ``(outputs, gradients)`` when
-        ``output_gradients`` (output key -> gradient array) is given."""
+        ``output_gradients`` (output key -> gradient array) is given.
+
+        Before the backend runs, every input is checked (keys, array type, shape,
+        dtype: nothing is cast or broadcast silently), every output gradient likewise
+        (shape and dtype of its output), and int inputs that index (embedding ids,
+        class targets, also through reshape/flatten/transpose/indexing) must lie in
+        ``[0, size)``: else :class:`~mithril_core.errors.IndexRangeError` names the
+        key. Indices computed inside the model are checked by the NumPy and C kernels
+        and by torch; JAX and MLX cannot raise there (see their backends)."""
         inputs: dict[str, Any] = {}
         if params:
             inputs.update(params)
@@ -337,11 +345,17 @@ class PhysicalModel:
             if not isinstance(bound, int):
                 key, axis = bound
                 bound = self.backend.array_info(inputs[key])[0][axis]  # type: ignore[index]
-            if low < 0 or high >= bound:
+            first = -bound if check.negative else 0
+            if low < first or high >= bound:
+                rule = (
+                    "negative indices count from the end"
+                    if check.negative
+                    else "negative indices do not count from the end"
+                )
                 msg = (
-                    f"{check.key}: {check.what} must be in [0, {bound}), got min {low} "
-                    f"max {high} ({check.path} indexes the {bound} {check.indexed}; "
-                    "negative indices do not count from the end). Fix the data."
+                    f"{check.key}: {check.what} must be in [{first}, {bound}), got min "
+                    f"{low} max {high} ({check.path} indexes the {bound} "
+                    f"{check.indexed}; {rule}). Fix the data."
                 )
                 raise IndexRangeError(msg)
 

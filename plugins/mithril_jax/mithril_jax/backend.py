@@ -37,6 +37,9 @@ class JaxBackend(Backend):
     so float32 models stay float32.
 
     ``jit=True`` wraps the whole evaluation, gradients included, in one ``jax.jit``.
+    A jitted function cannot raise: ``evaluate`` checks index inputs (embedding ids,
+    class targets) before dispatch; an index computed inside the model that is out
+    of range gives NaN, never another row.
     Inputs that are not arrays (Python numbers, tuples) are compile-time constants of
     the jitted function: a new value compiles it again.
 

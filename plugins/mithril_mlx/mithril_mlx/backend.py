@@ -32,7 +32,10 @@ class MlxBackend(Backend):
     functions (exp, erf, sin ...) of float64 arrays to about float32 accuracy (relative
     error ~1e-7). Integer matrix products are not supported by MLX. ``jit=True`` wraps
     the whole evaluation, gradients included, in ``mx.compile``. Outputs are evaluated
-    (``mx.eval``) before they are returned.
+    (``mx.eval``) before they are returned. ``evaluate`` checks index inputs
+    (embedding ids, class targets) before dispatch; an index computed inside the
+    model that is out of range gives NaN, never another row (MLX kernels do not
+    check indices).
     """
 
     name = "mlx"
