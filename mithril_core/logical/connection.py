@@ -91,13 +91,17 @@ class Connection:
             node = node.parent
         current = self
         while current.parent is not None and current.parent is not node:
+            sh.record(current, "parent")
             current.parent, current = node, current.parent
         return node
 
     def watch(self, rule: sh.Rule) -> None:
         if self.watchers is None:
+            sh.record(self, "watchers")
             self.watchers = set()
-        self.watchers.add(rule)
+        if rule not in self.watchers:
+            sh.record_added(self.watchers, rule)
+            self.watchers.add(rule)
         self.shape_node.watch(rule)
 
     # -- metadata ----------------------------------------------------------------------
@@ -114,6 +118,7 @@ class Connection:
             return
         vtype = ty.type_of_value(value)
         root.restrict_type(vtype)
+        sh.record(root, "value")
         root.value = value
         if ty.SCALARS & vtype:
             sh.unify_with_dims(root.shape_node, [])
@@ -132,6 +137,7 @@ class Connection:
                 f"conflicts with {ty.format_type(allowed)}"
             )
             raise sh.ShapeConflict(msg)
+        sh.record(root, "types")
         root.types = new
         if new <= ty.SCALARS:
             sh.unify_with_dims(root.shape_node, [])
@@ -415,6 +421,17 @@ class IOKey(Connection):
                 raise ShapeError(msg) from exc
 
 
+_MERGED = (
+    "types",
+    "value",
+    "producer",
+    "expose",
+    "differentiable",
+    "elements",
+    "watchers",
+)
+
+
 def merge(child: Connection, target: Connection, context: str) -> Connection:
     """Bind ``child`` to ``target``: one connection afterwards, metadata merged.
 
@@ -467,6 +484,11 @@ def merge(child: Connection, target: Connection, context: str) -> Connection:
                 f"{target.display_name()}"
             )
             raise ModelConnectionError(msg)
+    for attr in _MERGED:
+        sh.record(b, attr)
+    sh.record(a, "parent")
+    sh.record_length(b.names)
+    sh.record_length(b.sources)
     a.parent = b
     changed = new_types != b.types or (b.value is NOVALUE and a.value is not NOVALUE)
     b.types = new_types

@@ -405,6 +405,16 @@ class Model(BaseModel):
         self._add(other, other._pending or {}, chain=chain)
 
     def _add(self, child: BaseModel, bindings: dict[str, Any], *, chain: bool) -> None:
+        # One transaction: a step that fails leaves this model (and every connection,
+        # dim and IOKey it touched) exactly as it was. An operator builds its inner
+        # model first, outside it: that build is the child's own, not the step's.
+        child._ensure_built()
+        with sh.transaction():
+            self._add_step(child, bindings, chain=chain)
+
+    def _add_step(
+        self, child: BaseModel, bindings: dict[str, Any], *, chain: bool
+    ) -> None:
         child._ensure_built()
         if child._parent is not None:
             msg = f"{child.path()} is already part of a model; create a new instance."
@@ -421,18 +431,23 @@ class Model(BaseModel):
         # Resolve targets first: pulling in pending calls they depend on keeps the
         # children list in dependency order.
         targets = {t: self._resolve(v, t, child) for t, v in all_bindings.items()}
+        for attr in ("_parent", "_child_name", "_pending"):
+            sh.record(child, attr)
         child._parent = self
         child._child_name = self._child_name_for(child)
         child._pending = None
         try:
             for term, target in targets.items():
                 child_conn = child.terminal(term)
+                sh.record_length(child_conn.find().sources)
                 child_conn.find().sources.append(source)
                 merge(child_conn, target, f"{child.path()}.{term}")
             solve()
         except Exception:
             child._parent = None
             raise
+        sh.record_length(self._children)
+        sh.record_length(self._log)
         self._children.append(child)
         self._log.append((child, targets, chain))
         self._update_canonical(child, chain)
@@ -448,10 +463,13 @@ class Model(BaseModel):
         index = self._class_counts.get(base, 0)
         while f"{base}_{index}" in taken:
             index += 1
+        sh.record_key(self._class_counts, base)
         self._class_counts[base] = index + 1
         return f"{base}_{index}"
 
     def _update_canonical(self, child: BaseModel, chain: bool) -> None:
+        sh.record(self, "_cin")
+        sh.record(self, "_cout")
         child_cout = child.cout
         # The canonical input is a free input: never a connection something inside
         # writes (a later child may produce it) and never a constant.
@@ -507,24 +525,31 @@ class Model(BaseModel):
         if conn is None:
             conn = Connection(model=self)
             conn.names.append((self, name))
+            sh.record_key(self._conns, name)
             self._conns[name] = conn
         return conn
 
     def _register_iokey(self, key: IOKey) -> Connection:
+        sh.record(key, "model")
         key.model = self
         name = key.key_name
         if name is None:
             if key.expose:
-                self._exposed[f"__unnamed_{len(self._exposed)}"] = key
+                unnamed = f"__unnamed_{len(self._exposed)}"
+                sh.record_key(self._exposed, unnamed)
+                self._exposed[unnamed] = key
             return key
         existing = self._conns.get(name)
         if existing is None:
+            sh.record_length(key.names)
+            sh.record_key(self._conns, name)
             key.names.append((self, name))
             self._conns[name] = key
             target: Connection = key
         else:
             target = merge(key, existing, f"{self.path()}.{name}")
         if key.expose is not False:
+            sh.record_key(self._exposed, name)
             self._exposed[name] = self._conns[name]
         return target
 
@@ -647,6 +672,8 @@ class Model(BaseModel):
                 return name
         # An unnamed canonical input: name it so that a parent can bind it.
         name = "input" if "input" not in self._conns else f"input_{len(self._conns)}"
+        sh.record_key(self._conns, name)
+        sh.record_length(cin.names)
         self._conns[name] = self._cin  # type: ignore[assignment]
         cin.names.append((self, name))
         return name
@@ -656,6 +683,8 @@ class Model(BaseModel):
         if key == "input" and self._cin is not None:
             return self.cin_name() == "input"
         if key == "output" and self._cout is not None and key not in self._conns:
+            sh.record_key(self._conns, key)
+            sh.record_length(self._cout.find().names)
             self._conns[key] = self._cout
             self._cout.find().names.append((self, key))
             return True

@@ -13,10 +13,91 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 _counter = itertools.count()
+
+# -- undo trail ------------------------------------------------------------------------
+# A composition step (``|=``/``+=``) is a transaction: every change it makes to dims,
+# runs, connections and models is recorded here first, and undone in reverse order if
+# the step fails, so a failed step leaves the model as it was.
+_TRAIL: list[tuple[Any, Any, Any]] | None = None
+_MISSING: Any = object()
+# Markers for in-place changes (an entry is ``(container, marker, detail)``).
+_ITEMS, _LENGTH, _KEY, _ADDED = "items", "length", "key", "added"
+
+
+def record(obj: Any, attr: str) -> None:
+    """Remember ``obj.attr`` before it is reassigned (no-op outside a transaction)."""
+    if _TRAIL is not None:
+        _TRAIL.append((obj, attr, getattr(obj, attr)))
+
+
+def record_items(container: list[Any] | dict[Any, Any] | set[Any] | None) -> None:
+    """Remember all items of ``container`` before it is changed in place."""
+    if _TRAIL is not None and container is not None:
+        _TRAIL.append((container, (_ITEMS,), container.copy()))
+
+
+def record_length(items: list[Any]) -> None:
+    """Remember the length of ``items`` before something is appended to it."""
+    if _TRAIL is not None:
+        _TRAIL.append((items, (_LENGTH,), len(items)))
+
+
+def record_key(mapping: dict[Any, Any], key: Any) -> None:
+    """Remember ``mapping[key]`` (or its absence) before it is set."""
+    if _TRAIL is not None:
+        _TRAIL.append((mapping, (_KEY, key), mapping.get(key, _MISSING)))
+
+
+def record_added(items: set[Any], item: Any) -> None:
+    """Remember that ``item`` is about to be added to ``items`` (it is not in it)."""
+    if _TRAIL is not None:
+        _TRAIL.append((items, (_ADDED, item), None))
+
+
+def _undo(obj: Any, what: Any, old: Any) -> None:
+    if isinstance(what, str):
+        setattr(obj, what, old)
+        return
+    kind = what[0]
+    if kind == _LENGTH:
+        del obj[old:]
+    elif kind == _KEY:
+        if old is _MISSING:
+            obj.pop(what[1], None)
+        else:
+            obj[what[1]] = old
+    elif kind == _ADDED:
+        obj.discard(what[1])
+    elif isinstance(obj, list):
+        obj[:] = old
+    else:
+        obj.clear()
+        obj.update(old)
+
+
+@contextmanager
+def transaction() -> Iterator[None]:
+    """Undo every recorded change if the body raises; nested uses join the outer one."""
+    global _TRAIL
+    if _TRAIL is not None:
+        yield
+        return
+    _TRAIL = trail = []
+    try:
+        yield
+    except BaseException:
+        _TRAIL = None
+        clear_queue()
+        for obj, what, old in reversed(trail):
+            _undo(obj, what, old)
+        raise
+    finally:
+        _TRAIL = None
 
 
 class ShapeConflict(Exception):  # noqa: N818 - internal signal, converted to ShapeError
@@ -41,6 +122,8 @@ class Dim:
             node = node.parent
         current = self
         while current.parent is not None and current.parent is not node:
+            if _TRAIL is not None:
+                _TRAIL.append((current, "parent", current.parent))
             current.parent, current = node, current.parent
         return node
 
@@ -110,6 +193,7 @@ def _expand_var(var: Var) -> tuple[list[Dim], Var | None, list[Dim]]:
         return pre, None, suf
     ipre, iinner, isuf = _expand_var(inner)
     result = (pre + ipre, iinner, isuf + suf)
+    record(root, "resolved")
     root.resolved = (result[0], result[1], result[2])  # path compression
     return result
 
@@ -129,6 +213,7 @@ class ShapeNode:
 
     def expanded(self) -> tuple[list[Dim], Var | None, list[Dim]]:
         pre, var, suf = expand(self.items)
+        record(self, "items")
         self.items = [*pre, var, *suf] if var is not None else pre
         return pre, var, suf
 
@@ -150,7 +235,11 @@ class ShapeNode:
         for item in self.items:
             root = item.find()
             if root.watchers is None:
+                record(root, "watchers")
                 root.watchers = set()
+            elif rule in root.watchers:
+                continue
+            record_added(root.watchers, rule)
             root.watchers.add(rule)
 
     def __repr__(self) -> str:
@@ -214,6 +303,11 @@ def unify_dims(a: Dim, b: Dim) -> None:
         raise ShapeConflict(msg)
     if a.rank < b.rank:
         a, b = b, a
+    if _TRAIL is not None:
+        for obj, attr in ((a, "rank"), (a, "value"), (a, "name"), (a, "watchers")):
+            record(obj, attr)
+        record(b, "parent")
+        record(b, "watchers")
     b.parent = a
     if a.rank == b.rank:
         a.rank += 1
@@ -244,6 +338,7 @@ def set_dim(dim: Dim, value: int) -> None:
     if root.value is not None:
         msg = f"{root.value} != {value}"
         raise ShapeConflict(msg)
+    record(root, "value")
     root.value = value
     _notify(root.watchers)
 
@@ -254,6 +349,8 @@ def _merge_watchers(keep: Dim | Var, gone: Dim | Var) -> None:
         watchers |= keep.watchers
     if gone.watchers:
         watchers |= gone.watchers
+    record(keep, "watchers")
+    record(gone, "watchers")
     keep.watchers = watchers or None
     gone.watchers = None
     _notify(watchers)
@@ -268,14 +365,18 @@ def _resolve(var: Var, pre: list[Dim], inner: Var | None, suf: list[Dim]) -> Non
         return
     if inner is not None and not pre and not suf:
         inner_root = inner.find()
+        record(root, "parent")
         root.parent = inner_root
         _merge_watchers(inner_root, root)
         return
+    record(root, "resolved")
+    record(root, "watchers")
     root.resolved = (pre, inner, suf)
     watchers = root.watchers
     root.watchers = None
     if inner is not None and watchers:
         inner_root = inner.find()
+        record(inner_root, "watchers")
         inner_root.watchers = (inner_root.watchers or set()) | watchers
     _notify(watchers)
 
@@ -382,6 +483,7 @@ class Rule:
         for conn in self.terminals.values():
             conn.find().watch(self)
         if self.fn(self):
+            record(self, "done")
             self.done = True
 
     def __repr__(self) -> str:
@@ -443,7 +545,7 @@ def solve(on_error: Callable[[Rule, Exception], None]) -> None:
                 raise ShapeConflict(msg)
             rule.run()
         except Exception as exc:  # converted to a user-facing error with paths
-            _QUEUE.clear()
+            clear_queue()
             on_error(rule, exc)
             raise
 

@@ -458,6 +458,7 @@ def split_shape(rule: sh.Rule) -> bool:
         element = Connection(type=inp.types)
         sh.unify_with_dims(element.shape_node, [*dims[:ax], chunk, *dims[ax + 1 :]])
         elements.append(element)
+    sh.record(out, "elements")
     out.elements = elements
     sh.notify(out.watchers)
     return True
@@ -530,6 +531,7 @@ def shape_value(rule: sh.Rule) -> bool:
                 element.value = d.value
             elements.append(element)
         if out.elements is None:
+            sh.record(out, "elements")
             out.elements = elements
             sh.notify(out.watchers)
     values = inp.shape_node.values()
@@ -544,6 +546,7 @@ def to_sequence(kind: type) -> RuleFn:
         names = [n for n in rule.terminals if n != "output"]
         out = rule.conn("output")
         if out.elements is None:
+            sh.record(out, "elements")
             out.elements = [rule.conn(n) for n in names]
             sh.notify(out.watchers)
         values = [rule.conn(n).value for n in names]
@@ -605,6 +608,7 @@ def pass_through(source: str = "input") -> RuleFn:
         src.restrict_type(out.types)
         for a, b in ((src, out), (out, src)):
             if b.elements is None and a.elements is not None:
+                sh.record(b, "elements")
                 b.elements = a.elements
                 sh.notify(b.watchers)
         sequence = bool(src.types & {ty.TUPLE, ty.LIST})
