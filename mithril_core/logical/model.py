@@ -452,8 +452,21 @@ class Model(BaseModel):
         self._log.append((child, targets, chain))
         self._update_canonical(child, chain)
 
+    def _taken_names(self) -> set[str | None]:
+        """Child names in use; kept up to date incrementally (a rolled-back step
+        shortens ``_children``, which rebuilds it)."""
+        children = self._children
+        cached = self.__dict__.get("_taken")
+        if cached is None or cached[2] is not children or cached[0] > len(children):
+            names = {c._child_name for c in children}
+        else:
+            names = cached[1]
+            names.update(c._child_name for c in children[cached[0] :])
+        self.__dict__["_taken"] = (len(children), names, children)
+        return names
+
     def _child_name_for(self, child: BaseModel) -> str:
-        taken = {c._child_name for c in self._children}
+        taken = self._taken_names()
         if child.name is not None:
             if child.name in taken:
                 msg = f"{self.path()}: a child named {child.name!r} already exists."
@@ -569,7 +582,12 @@ class Model(BaseModel):
                     "(or add it) before using its connections."
                 )
                 raise ModelConnectionError(msg)
-            self._add(top, top._pending, chain=False)
+            # Pull in the pending calls ``top`` depends on, dependencies first, one
+            # after another: a long functional chain (an unrolled RNN) must not
+            # recurse once per call.
+            for pending in _pending_calls(top):
+                if pending._pending is not None and pending._parent is None:
+                    self._add(pending, pending._pending, chain=False)
         elif not _is_ancestor(self, conn.model) and conn.model is not self:
             msg = (
                 f"{self.path()}: {conn.display_name()} belongs to "
@@ -786,6 +804,37 @@ def _is_ancestor(ancestor: BaseModel, model: BaseModel) -> bool:
 
 def _has_connection(values: list[Any] | tuple[Any, ...]) -> bool:
     return any(isinstance(v, Connection | str) for v in values)
+
+
+def _pending_calls(top: BaseModel) -> list[BaseModel]:
+    """``top`` and every pending call it depends on through its bindings, each after
+    the calls it depends on (iterative depth-first post-order)."""
+
+    def dependencies(model: BaseModel) -> Iterator[BaseModel]:
+        values = [*model._implicit.values(), *(model._pending or {}).values()]
+        while values:
+            value = values.pop(0)
+            if isinstance(value, list | tuple):
+                values[:0] = value
+            elif isinstance(value, Connection):
+                owner = _pending_owner(value)
+                if owner is not None and owner is not model:
+                    yield owner
+
+    order: list[BaseModel] = []
+    seen = {id(top)}
+    stack = [(top, dependencies(top))]
+    while stack:
+        model, remaining = stack[-1]
+        for dependency in remaining:
+            if id(dependency) not in seen:
+                seen.add(id(dependency))
+                stack.append((dependency, dependencies(dependency)))
+                break
+        else:
+            stack.pop()
+            order.append(model)
+    return order
 
 
 def _pending_owner(conn: Connection) -> BaseModel | None:

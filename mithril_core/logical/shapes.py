@@ -11,6 +11,7 @@ near-linear in model size.
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,40 +24,43 @@ _counter = itertools.count()
 # A composition step (``|=``/``+=``) is a transaction: every change it makes to dims,
 # runs, connections and models is recorded here first, and undone in reverse order if
 # the step fails, so a failed step leaves the model as it was.
-_TRAIL: list[tuple[Any, Any, Any]] | None = None
+# Flat, three slots per change (object, what, old value): appending to one list
+# allocates no tuple per change, which keeps the garbage collector out of large steps.
+_TRAIL: list[Any] | None = None
 _MISSING: Any = object()
 # Markers for in-place changes (an entry is ``(container, marker, detail)``).
 _ITEMS, _LENGTH, _KEY, _ADDED = "items", "length", "key", "added"
+_ITEMS_MARK, _LENGTH_MARK, _ADDED_MARK = (_ITEMS,), (_LENGTH,), (_ADDED,)
 
 
 def record(obj: Any, attr: str) -> None:
     """Remember ``obj.attr`` before it is reassigned (no-op outside a transaction)."""
     if _TRAIL is not None:
-        _TRAIL.append((obj, attr, getattr(obj, attr)))
+        _TRAIL.extend((obj, attr, getattr(obj, attr)))
 
 
 def record_items(container: list[Any] | dict[Any, Any] | set[Any] | None) -> None:
     """Remember all items of ``container`` before it is changed in place."""
     if _TRAIL is not None and container is not None:
-        _TRAIL.append((container, (_ITEMS,), container.copy()))
+        _TRAIL.extend((container, _ITEMS_MARK, container.copy()))
 
 
 def record_length(items: list[Any]) -> None:
     """Remember the length of ``items`` before something is appended to it."""
     if _TRAIL is not None:
-        _TRAIL.append((items, (_LENGTH,), len(items)))
+        _TRAIL.extend((items, _LENGTH_MARK, len(items)))
 
 
 def record_key(mapping: dict[Any, Any], key: Any) -> None:
     """Remember ``mapping[key]`` (or its absence) before it is set."""
     if _TRAIL is not None:
-        _TRAIL.append((mapping, (_KEY, key), mapping.get(key, _MISSING)))
+        _TRAIL.extend((mapping, (_KEY, key), mapping.get(key, _MISSING)))
 
 
 def record_added(items: set[Any], item: Any) -> None:
     """Remember that ``item`` is about to be added to ``items`` (it is not in it)."""
     if _TRAIL is not None:
-        _TRAIL.append((items, (_ADDED, item), None))
+        _TRAIL.extend((items, _ADDED_MARK, item))
 
 
 def _undo(obj: Any, what: Any, old: Any) -> None:
@@ -72,7 +76,7 @@ def _undo(obj: Any, what: Any, old: Any) -> None:
         else:
             obj[what[1]] = old
     elif kind == _ADDED:
-        obj.discard(what[1])
+        obj.discard(old)
     elif isinstance(obj, list):
         obj[:] = old
     else:
@@ -88,16 +92,23 @@ def transaction() -> Iterator[None]:
         yield
         return
     _TRAIL = trail = []
+    # The trail keeps every replaced value alive until the step ends, so a large step
+    # (an unrolled RNN pulls thousands of calls into one) made the cyclic collector
+    # rescan a growing heap; the step's garbage is collected after it instead.
+    collect = gc.isenabled()
+    gc.disable()
     try:
         yield
     except BaseException:
         _TRAIL = None
         clear_queue()
-        for obj, what, old in reversed(trail):
-            _undo(obj, what, old)
+        for at in range(len(trail) - 3, -1, -3):
+            _undo(trail[at], trail[at + 1], trail[at + 2])
         raise
     finally:
         _TRAIL = None
+        if collect:
+            gc.enable()
 
 
 class ShapeConflict(Exception):  # noqa: N818 - internal signal, converted to ShapeError
@@ -123,7 +134,7 @@ class Dim:
         current = self
         while current.parent is not None and current.parent is not node:
             if _TRAIL is not None:
-                _TRAIL.append((current, "parent", current.parent))
+                _TRAIL.extend((current, "parent", current.parent))
             current.parent, current = node, current.parent
         return node
 
@@ -213,8 +224,15 @@ class ShapeNode:
 
     def expanded(self) -> tuple[list[Dim], Var | None, list[Dim]]:
         pre, var, suf = expand(self.items)
-        record(self, "items")
-        self.items = [*pre, var, *suf] if var is not None else pre
+        items = [*pre, var, *suf] if var is not None else pre
+        if _TRAIL is not None:
+            # Keep (and remember) the old list only when the expansion changed it.
+            if len(items) == len(self.items) and all(
+                a is b for a, b in zip(items, self.items, strict=True)
+            ):
+                return pre, var, suf
+            record(self, "items")
+        self.items = items
         return pre, var, suf
 
     def dims(self) -> list[Dim] | None:

@@ -181,3 +181,29 @@ def test_lstm_state_dict_keys_load_unchanged():
 def test_many_to_one_rejects_zero_steps():
     with pytest.raises(ValueError, match="num_steps"):
         LSTM(H, 0)
+
+
+def test_long_unrolled_rnn_builds_and_matches_numpy():
+    # Adding the final state pulls in every pending step call: 120 steps once hit
+    # Python's recursion limit (one nested add per call).
+    steps = 120
+    model = RNN(hidden_size=H, num_steps=steps)
+    backend = ml.NumpyBackend(dtype=ml.float64)
+    pm = ml.compile(model, backend, shapes={"input": [B, steps, IN]}, jit=False)
+    params = {
+        "weight_ih_l0": rng.normal(size=(H, IN)) * 0.3,
+        "weight_hh_l0": rng.normal(size=(H, H)) * 0.3,
+        "bias_ih_l0": rng.normal(size=H) * 0.1,
+        "bias_hh_l0": rng.normal(size=H) * 0.1,
+    }
+    x = rng.normal(size=(B, steps, IN))
+    h = np.zeros((B, H))
+    for t in range(steps):
+        h = np.tanh(
+            x[:, t] @ params["weight_ih_l0"].T
+            + params["bias_ih_l0"]
+            + h @ params["weight_hh_l0"].T
+            + params["bias_hh_l0"]
+        )
+    out = pm.evaluate(params, {"input": x})["output"]
+    np.testing.assert_allclose(out, h, rtol=1e-10)
