@@ -113,6 +113,12 @@ def randn(*shape: int) -> np.ndarray:
     return _rng.standard_normal(shape)
 
 
+def fixed(seed: int, *shape: int) -> np.ndarray:
+    """Normal samples from their own seed: the same whatever cases come before (for
+    cases whose pass/xfail on a backend depends on the exact numbers)."""
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
 def away(*shape: int) -> np.ndarray:
     """Normal samples at least 0.1 away from 0 (kinks of relu, abs, sign)."""
     x = _rng.standard_normal(shape)
@@ -1168,19 +1174,20 @@ CASES: list[Case] = [
         lambda x, w: conv(x, w, stride=(1, 2), groups=2),
         known_gaps=MLX_FLOAT64_CONV,
     ),
-    # Small enough that MLX's float32-precision float64 result is within tolerance.
+    # Their own seeds: whether MLX's float32-precision float64 result misses the
+    # tolerance depends on the exact numbers.
     case(
         "conv1d_padding",
         op(Convolution1D, padding=2, groups=1),
-        {"input": randn(2, 3, 6), "weight": randn(4, 3, 3)},
+        {"input": fixed(11, 2, 3, 6), "weight": fixed(12, 4, 3, 3)},
         lambda x, w: conv(x, w, padding=2),
+        known_gaps=MLX_FLOAT64_CONV,
     ),
     case(
         "conv1d_same_even_kernel",
         op(Convolution1D, padding="same", groups=1),
-        {"input": randn(2, 2, 7), "weight": randn(3, 2, 4)},
+        {"input": fixed(15, 2, 2, 7), "weight": fixed(16, 3, 2, 4)},
         lambda x, w: conv(x, w, padding="same"),
-        known_gaps=MLX_FLOAT64_CONV,
     ),
     case(
         "conv1d_stride2_dilation2_groups2",
