@@ -630,8 +630,9 @@ CASES: list[Case] = [
         lambda x: x**3.0,
     ),
     # Where b ** e has no derivative (or an infinite one), gradients are PyTorch's:
-    # d/db is 0 where e == 0, d/de is 0 where b == 0 <= e and NaN where b < 0. (0 ** -1
-    # and (-0.5) ** 0.5, where NumPy's forward warns: tests/reliability/test_numerics.py)
+    # d/db is 0 where e == 0, d/de is 0 where b == 0 <= e and NaN where b < 0.
+    # (0 ** -1 and (-0.5) ** 0.5, where NumPy's forward warns:
+    # tests/reliability/test_numerics.py)
     case(
         "power_base_zero_and_negative",
         op(Power),
