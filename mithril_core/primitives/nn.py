@@ -56,14 +56,22 @@ def _val(dim: sh.Dim) -> int | None:
 
 
 def as_tuple(value: Any, rank: int, what: str) -> tuple[int, ...]:
-    """``value`` (an int or ``rank`` ints) as a tuple of ``rank`` ints."""
+    """``value`` (an int or ``rank`` ints) as a tuple of ``rank`` ints, each >= 0 for
+    ``padding`` and >= 1 for anything else (stride, dilation, kernel_size)."""
+    result: tuple[int, ...] | None = None
     if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * rank
-    if isinstance(value, tuple | list) and len(value) == rank:
+        result = (value,) * rank
+    elif isinstance(value, tuple | list) and len(value) == rank:
         if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return tuple(value)
-    msg = f"{what}={value!r}: expected an int or {rank} ints."
-    raise ValueError(msg)
+            result = tuple(value)
+    if result is None:
+        msg = f"{what}={value!r}: expected an int or {rank} ints."
+        raise ValueError(msg)
+    least = 0 if what == "padding" else 1
+    if any(v < least for v in result):
+        msg = f"{what}={value!r}: every value must be >= {least}."
+        raise ValueError(msg)
+    return result
 
 
 def _padding_arg(padding: Any, rank: int, stride: tuple[int, ...]) -> Any:

@@ -494,6 +494,23 @@ def test_conv_errors():
         )
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: MaxPool2D(3, padding=-1), "padding=-1: every value must be >= 0"),
+        (lambda: MaxPool2D(3, dilation=0), "dilation=0: every value must be >= 1"),
+        (lambda: AvgPool2D(0), "kernel_size=0: every value must be >= 1"),
+        (lambda: Convolution2D(dilation=0), "dilation=0: every value must be >= 1"),
+        (lambda: Convolution1D(stride=0), "stride=0: every value must be >= 1"),
+        (lambda: Convolution2D(padding=(1, -2)), r"padding=\(1, -2\): every value"),
+    ],
+)
+def test_window_arguments_out_of_range_raise_at_construction(make, message):
+    # C computed a result for these while NumPy raised at evaluate.
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
 def test_conv_groups_bound_at_call():
     prim = Convolution2D(padding=1)
     model = Model()
