@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from mithril_c._codegen import Loc, Plan
-from mithril_core.errors import DtypeError, InputKeyError, MithrilError, ShapeError
+from mithril_core.errors import DtypeError, IndexRangeError, InputKeyError, ShapeError
 
 _ALIGN_BYTES = 64
 
 
-class KernelIndexError(MithrilError, IndexError):
+class KernelIndexError(IndexRangeError):
     """A kernel of the compiled C met an index out of range (embedding rows,
     cross-entropy classes); nothing was written to the caller's arrays."""
 
