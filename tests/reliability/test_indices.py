@@ -281,3 +281,24 @@ def test_computed_indices_are_checked_in_the_kernel(
             "RAISED IndexRangeError embedding: ids must be in [0, 5), got min 3 "
             "max 5; negative indices do not count from the end."
         )
+
+
+def test_untyped_ids_through_arithmetic_reach_an_embedding(backend_name: str) -> None:
+    # ``ids + 1`` could be int or float until the embedding makes it int; the C backend
+    # assumed float at compile and raised a type conflict.
+    from mithril_core.models import Add, IOKey, Model
+    from mithril_core.primitives import Embedding
+
+    model = Model()
+    model |= Add()(left=IOKey("ids"), right=1, output="shifted")
+    model |= Embedding(num_embeddings=ROWS, dim=DIM)(
+        input="shifted", output=IOKey("out")
+    )
+    backend = ml.backend(backend_name, dtype=ml.float32)
+    pm = ml.compile(model, backend, shapes={"ids": [4]}, data_keys={"ids"})
+    weight = np.random.default_rng(2).standard_normal((ROWS, DIM)).astype(np.float32)
+    ids = np.array([0, 3, 1, 2])
+    out = pm.evaluate(
+        {"embedding_0_weight": backend.array(weight)}, {"ids": backend.array(ids)}
+    )["out"]
+    np.testing.assert_allclose(backend.to_numpy(out), weight[ids + 1], rtol=1e-6)

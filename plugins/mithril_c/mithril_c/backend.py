@@ -29,7 +29,7 @@ import numpy as np
 
 from mithril_core.backends.base import Backend, Evaluator, Program
 from mithril_core.dtypes import Dtype
-from mithril_core.errors import CompileError, DtypeError, InputKeyError
+from mithril_core.errors import CompileError, DtypeError, InputKeyError, ShapeError
 from mithril_core.logical.model import solve
 
 _DTYPE_NAMES = {
@@ -135,7 +135,12 @@ class CBackend(Backend):
         known = tuple(k for k in kinds if k is not None)
         specialised = graph
         if ambiguous and len(known) == len(kinds):
-            specialised = specialize(graph, lazy.keys, known)
+            try:
+                specialised = specialize(graph, lazy.keys, known)
+            except ShapeError:
+                # The assumed kinds contradict the graph (ids that reach an embedding
+                # through an add are int): generate from the data's kinds instead.
+                specialised = graph
         unknown = unresolved(specialised)
         if not unknown:
             lazy.default = self._runtime(specialised, lowerings, options, file_path)
