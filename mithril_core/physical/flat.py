@@ -6,11 +6,14 @@ needs, de-duplicate identical calls, fold what depends only on constants.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from mithril_core.errors import CompileError
 from mithril_core.logical import shapes as sh
@@ -248,6 +251,10 @@ _IMPURE = frozenset({"dropout"})
 def _identity(value: Value) -> Any:
     if value.is_constant:
         constant = value.constant
+        if isinstance(constant, np.ndarray):
+            # Equal arrays are one constant (``constant_keys`` with equal values).
+            digest = hashlib.blake2b(np.ascontiguousarray(constant).tobytes()).digest()
+            return ("array", constant.dtype.str, constant.shape, digest)
         if hasattr(constant, "shape"):
             return ("array", id(constant))
         return ("const", type(constant).__name__, constant)

@@ -474,7 +474,7 @@ def _outputs(
     outputs: dict[str, flat.Value] = {}
     for name, conn in model._exposed.items():
         root = conn.find()
-        if root.producer is None and root.value is NOVALUE:
+        if root.producer is None:  # an input or a constant: never an output
             continue
         key = names[id(root)]
         if name.startswith("__unnamed_") or key in discard:

@@ -460,3 +460,54 @@ def test_batch_norm_with_symbolic_num_features():
     pm = ml.compile(model, numpy64(), shapes={"input": [2, 5, 3, 3]})
     assert pm.shapes["batch_norm2_d_0_running_mean"] == [5]
     assert pm.shapes["batch_norm2_d_0_weight"] == [5]
+
+
+# -- 11. duplicate removal sees equal constants; constants are never outputs --------
+
+
+def test_adds_of_equal_constant_keys_become_one_call() -> None:
+    from mithril_core.models import Add
+
+    m = Model()
+    m |= Add()(left=IOKey("x", shape=[3]), right=IOKey("c1"), output=IOKey("a"))
+    m |= Add()(left="x", right=IOKey("c2"), output=IOKey("b"))
+    m |= Add()(left="x", right=IOKey("c3"), output=IOKey("d"))
+    backend = ml.NumpyBackend(dtype=ml.float64)
+    ones = np.ones(3)
+    pm = ml.compile(
+        m,
+        backend,
+        constant_keys={"c1": ones, "c2": ones.copy(), "c3": np.full(3, 2.0)},
+    )
+    assert pm.code.split("def forward_backward")[0].count("add(") == 2
+    assert pm.output_keys == ("a", "b", "d")
+    x = np.array([1.0, -2.0, 0.5])
+    out = pm.evaluate({}, {"x": x})
+    np.testing.assert_array_equal(out["a"], x + 1)
+    np.testing.assert_array_equal(out["b"], x + 1)
+    np.testing.assert_array_equal(out["d"], x + 2)
+
+
+def test_adds_of_equal_inline_constants_become_one_call() -> None:
+    from mithril_core.models import Add
+
+    m = Model()
+    m |= Add()(left=IOKey("x", shape=[3]), right=2.0, output=IOKey("a"))
+    m |= Add()(left="x", right=2.0, output=IOKey("b"))
+    pm = ml.compile(m, ml.NumpyBackend())
+    assert pm.code.split("def forward_backward")[0].count("add(") == 1
+
+
+def test_exposed_constants_are_not_outputs() -> None:
+    from mithril_core.models import Add
+
+    m = Model()
+    m |= Add()(
+        left=IOKey("x", shape=[3]),
+        right=IOKey("c", value=2.0, expose=True),
+        output=IOKey("a"),
+    )
+    m |= Add()(left="x", right=IOKey("k", expose=True), output=IOKey("b"))
+    pm = ml.compile(m, ml.NumpyBackend(), constant_keys={"k": np.ones(3)})
+    assert pm.output_keys == ("a", "b")
+    assert "c" not in pm.input_keys and "k" not in pm.input_keys
