@@ -103,6 +103,20 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
                 f"{', '.join(sorted(k for k in by_name if not _internal(by_name[k])))}."
             )
             raise InputKeyError(msg)
+    for what, keys in (
+        ("constant_keys", constants),
+        ("data_keys", data),
+        ("trainable_keys", trainable or ()),
+    ):
+        for key in keys:
+            producer = by_name[key].producer
+            if producer is not None:
+                # A value for a computed connection would silently replace its result.
+                msg = (
+                    f"{top.path()}.{key}: given in {what}, but {producer.path()} "
+                    f"computes it: {what} name inputs only."
+                )
+                raise InputKeyError(msg)
     for primitive, _ in top.primitives():
         flag = primitive._terminals.get("inference")
         if flag is not None and flag.find().value is NOVALUE:

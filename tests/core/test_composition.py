@@ -511,3 +511,16 @@ def test_exposed_constants_are_not_outputs() -> None:
     pm = ml.compile(m, ml.NumpyBackend(), constant_keys={"k": np.ones(3)})
     assert pm.output_keys == ("a", "b")
     assert "c" not in pm.input_keys and "k" not in pm.input_keys
+
+
+@pytest.mark.parametrize("option", ["constant_keys", "data_keys", "trainable_keys"])
+def test_compile_refuses_values_for_computed_keys(option: str) -> None:
+    from mithril_core.errors import InputKeyError
+    from mithril_core.models import Add
+
+    m = Model()
+    m |= Relu()(input=IOKey("x", shape=[3]), output=IOKey("y"))
+    m |= Add()(left="y", right=IOKey("z"), output=IOKey("s"))
+    value = {"y": np.ones(3)} if option == "constant_keys" else {"y"}
+    with pytest.raises(InputKeyError, match=rf"model\.y: given in {option}, but "):
+        ml.compile(m, ml.NumpyBackend(), **{option: value})
