@@ -660,7 +660,14 @@ class Model(BaseModel):
         if conn is not None and _is_free(conn):
             return conn
         if self._cin is None:
-            msg = f"{self.path()}: has no canonical input yet (add a model first)."
+            if self._children:
+                msg = (
+                    f"{self.path()}: has no canonical input: every connection is "
+                    "written by a child or holds a value. Bind the input by name "
+                    "instead of using cin or +=."
+                )
+            else:
+                msg = f"{self.path()}: has no canonical input yet (add a model first)."
             raise ModelConnectionError(msg)
         return self._cin
 

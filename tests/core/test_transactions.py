@@ -165,3 +165,10 @@ def test_failed_step_keeps_the_operator_child_usable() -> None:
     relu = np.maximum(x @ params["w0"], 0)
     expected = relu @ params["linear_0_weight"].T + params["linear_0_bias"]
     np.testing.assert_allclose(out["q"], expected, rtol=1e-12)
+
+
+def test_model_without_a_free_input_says_so() -> None:
+    m = Model()
+    m |= Add()(left=1.0, right=2.0, output=IOKey("y"))
+    with pytest.raises(MithrilError, match="has no canonical input: every connection"):
+        _ = m.cin
