@@ -464,9 +464,13 @@ def merge(child: Connection, target: Connection, context: str) -> Connection:
     except sh.ShapeConflict as exc:
         sh.clear_queue()
         where = _sources(a, b)
+        sides = "; ".join(
+            _describe_side(root, shape, exc.dims, (a, b))
+            for root, shape in ((a, a_shape), (b, b_shape))
+        )
         msg = (
             f"{context}: shape {a_shape} conflicts with {b_shape} from "
-            f"{target.display_name()} ({exc}){where}"
+            f"{target.display_name()} ({exc}) [{sides}]{where}"
         )
         raise ShapeError(msg) from None
     new_types = a.types & b.types
@@ -512,6 +516,85 @@ def merge(child: Connection, target: Connection, context: str) -> Connection:
     if new_types <= ty.SCALARS:
         sh.unify_with_dims(b.shape_node, [])
     return b
+
+
+def _user_names(root: Connection) -> list[tuple[int, str]]:
+    """Depth and ``path.name`` of every name a model (not a primitive's terminal)
+    gives ``root``, outermost first."""
+    from mithril_core.logical.model import Primitive
+
+    named = sorted(
+        (m.depth(), f"{m.path()}.{n}")
+        for m, n in root.names
+        if not isinstance(m, Primitive)
+    )
+    return list(dict.fromkeys(named))
+
+
+def _describe_side(
+    root: Connection,
+    shape: str,
+    dims: tuple[sh.Dim, sh.Dim] | None,
+    sides: tuple[Connection, Connection],
+) -> str:
+    """One side of a merge conflict: its names, shape and writer, and which other
+    named connections share its conflicting dim (where that dim's size came from)."""
+    names = [name for _, name in _user_names(root)]
+    writer = f"{root.producer.path()}.output" if root.producer is not None else None
+    text = f"{' = '.join(names) or writer or '<unnamed connection>'} {shape}"
+    if names and writer is not None:
+        text += f" (from {writer})"
+    dim = _own_dim(root, dims)
+    if dim is not None:
+        shared = _sharing_dim(dim, root, sides)
+        if shared:
+            text += f": {dim!r} shared with " + ", ".join(shared)
+    return text
+
+
+def _own_dim(root: Connection, dims: tuple[sh.Dim, sh.Dim] | None) -> sh.Dim | None:
+    if dims is None:
+        return None
+    pre, _, suf = root.shape_node.expanded()
+    own = {id(d) for d in pre + suf}
+    return next((d for d in dims if id(d.find()) in own), None)
+
+
+def _sharing_dim(
+    dim: sh.Dim, root: Connection, sides: tuple[Connection, Connection], limit: int = 3
+) -> list[str]:
+    """Named connections (the user's outermost first, then declared inputs before
+    computed ones) whose shape holds ``dim``, found by walking the models that name
+    either side."""
+    from mithril_core.logical.model import Model
+
+    target = dim.find()
+    starts = [m.root_model() for side in sides for m, _ in side.find().names]
+    starts += [m for side in sides for m, _ in side.find().names]
+    seen_models: set[int] = set()
+    seen_conns: set[int] = {id(s.find()) for s in sides}
+    found: list[tuple[int, bool, str]] = []
+    stack = list(starts)
+    while stack:
+        model = stack.pop()
+        if id(model) in seen_models or not isinstance(model, Model):
+            continue
+        seen_models.add(id(model))
+        stack.extend(model._children)
+        for conn in model._conns.values():
+            other = conn.find()
+            if id(other) in seen_conns:
+                continue
+            seen_conns.add(id(other))
+            pre, _, suf = other.shape_node.expanded()
+            if not any(d is target for d in pre + suf):
+                continue
+            names = _user_names(other)
+            if names:
+                depth, name = names[0]
+                text = f"{name} {other.shape_node!r}"
+                found.append((depth, other.producer is not None, text))
+    return [text for *_, text in sorted(found)[:limit]]
 
 
 def _sources(a: Connection, b: Connection) -> str:

@@ -112,7 +112,14 @@ def transaction() -> Iterator[None]:
 
 
 class ShapeConflict(Exception):  # noqa: N818 - internal signal, converted to ShapeError
-    """Raised inside the solver; callers turn it into a ShapeError with paths."""
+    """Raised inside the solver; callers turn it into a ShapeError with paths.
+
+    ``dims`` holds the two dims that disagree, when two dims do, so that a message can
+    say which other connections share each of them."""
+
+    def __init__(self, msg: str, dims: tuple[Dim, Dim] | None = None) -> None:
+        super().__init__(msg)
+        self.dims = dims
 
 
 class Dim:
@@ -318,7 +325,7 @@ def unify_dims(a: Dim, b: Dim) -> None:
         return
     if a.value is not None and b.value is not None and a.value != b.value:
         msg = f"{a.value} != {b.value}"
-        raise ShapeConflict(msg)
+        raise ShapeConflict(msg, (a, b))
     if a.rank < b.rank:
         a, b = b, a
     if _TRAIL is not None:

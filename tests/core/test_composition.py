@@ -418,6 +418,44 @@ def test_merge_conflict_names_the_unnamed_producer_side():
         "custom_mlp.linear_1.input: shape [..., 8] conflicts with [None, 16] from "
         "custom_mlp.relu_0.output (8 != 16)"
     )
+    # The child side's 8 came from the user's key ``w`` through the shared dim.
+    assert (
+        "[custom_mlp.linear_1.input [..., 8]: 8 shared with custom_mlp.w [3, 8]"
+        in str(info.value)
+    )
+    assert "; custom_mlp.relu_0.output [None, 16]" in str(info.value)
+
+
+def test_merge_conflict_names_the_users_keys_on_both_sides():
+    inner = Model(name="inner")
+    inner |= MatrixMultiply()(
+        left=IOKey("mat_a"),
+        right=IOKey("other_operand", shape=[7, 2]),
+        output=IOKey("out"),
+    )
+    model = Model(name="custom")
+    model |= Relu()(input=IOKey("lhs_tensor", shape=[3, 4]), output="part_a")
+    with pytest.raises(ShapeError) as info:
+        model |= inner(mat_a="part_a", out=IOKey("y"))
+    message = str(info.value)
+    assert message.startswith(
+        "custom.inner.mat_a: shape [..., 7] conflicts with [3, 4] from custom.part_a "
+        "(7 != 4) [custom.inner.mat_a [..., 7]: 7 shared with "
+        "custom.inner.other_operand [7, 2]; custom.part_a [3, 4] (from "
+        "custom.relu_0.output): 4 shared with custom.lhs_tensor [3, 4]]"
+    )
+
+
+def test_merge_conflict_without_a_dim_names_both_sides():
+    model = Model(name="custom")
+    model |= Relu()(input=IOKey("lhs_tensor", shape=[3, 4]), output="part_a")
+    with pytest.raises(ShapeError) as info:
+        model |= Relu()(input="part_a", output=IOKey("mat_a", shape=[3, 4, 5]))
+    assert str(info.value).startswith(
+        "custom.relu_1.output: shape [3, 4] conflicts with [3, 4, 5] from "
+        "custom.mat_a (rank mismatch) [custom.relu_1.output [3, 4]; "
+        "custom.mat_a [3, 4, 5]]"
+    )
 
 
 def test_mlp_with_a_symbolic_dimension():
