@@ -5,13 +5,18 @@ from __future__ import annotations
 from mithril_core.logical import shapes as sh
 from mithril_core.logical.connection import Connection, IOKey
 from mithril_core.logical.model import Model
-from mithril_core.models.composites import Linear
+from mithril_core.models.composites import (
+    Linear,
+    symbolic_size,
+    template_dim,
+    tie_dim,
+)
 from mithril_core.models.norms import LayerNorm
 from mithril_core.primitives import Buffer, Gelu
 from mithril_core.primitives.nn import Dropout, ScaledDotProduct
 
 
-def split_heads(x: Connection, num_heads: int) -> Connection:
+def split_heads(x: Connection, num_heads: int | Connection) -> Connection:
     """``[B, T, E] -> [B, num_heads, T, E // num_heads]``."""
     batch, length, embed = x.shape
     return x.reshape(batch, length, num_heads, embed // num_heads).transpose(0, 2, 1, 3)
@@ -62,28 +67,34 @@ class MultiHeadAttention(Model):
                   "out_proj_weight": sd["out_proj.weight"],
                   "out_proj_bias": sd["out_proj.bias"]}
 
-    :param embed_dim: model width ``E`` (must be divisible by ``num_heads``).
-    :param num_heads: number of heads.
+    :param embed_dim: model width ``E`` (must be divisible by ``num_heads``); an int
+        or symbolic (e.g. ``x.shape[2]``).
+    :param num_heads: number of heads; an int or symbolic.
     :param use_bias: give the four projections biases.
     :param is_causal: apply a causal (lower-triangular) mask.
     """
 
     def __init__(
         self,
-        embed_dim: int,
-        num_heads: int,
+        embed_dim: int | Connection,
+        num_heads: int | Connection,
         use_bias: bool = True,
         is_causal: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        if embed_dim % num_heads:
-            msg = (
-                f"MultiHeadAttention: embed_dim {embed_dim} is not divisible by "
-                f"num_heads {num_heads}."
-            )
-            raise ValueError(msg)
+        # Symbolic sizes are checked when known: splitting the heads is a reshape of
+        # ``E`` into ``[num_heads, E // num_heads]``, which refuses a remainder.
+        if isinstance(embed_dim, int) and isinstance(num_heads, int):
+            if embed_dim % num_heads:
+                msg = (
+                    f"MultiHeadAttention: embed_dim {embed_dim} is not divisible by "
+                    f"num_heads {num_heads}."
+                )
+                raise ValueError(msg)
         self.embed_dim, self.num_heads = embed_dim, num_heads
+        embed_dim = symbolic_size(self, "embed_dim", embed_dim)
+        num_heads = symbolic_size(self, "num_heads", num_heads)
         batch, source = sh.Dim(name="B"), sh.Dim(name="S")
         query = IOKey("query", shape=[batch, "T", None])
         key = IOKey("key", shape=[batch, source, None])
@@ -116,19 +127,26 @@ class TransformerBlock(Model):
 
     def __init__(
         self,
-        dim: int,
-        num_heads: int,
-        mlp_dim: int,
+        dim: int | Connection,
+        num_heads: int | Connection,
+        mlp_dim: int | Connection,
         dropout: float = 0.0,
         causal: bool = False,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        x: Connection = IOKey("input", shape=[None, None, dim])
+        dim = symbolic_size(self, "dim", dim)
+        num_heads = symbolic_size(self, "num_heads", num_heads)
+        mlp_dim = symbolic_size(self, "mlp_dim", mlp_dim)
+        x: Connection = IOKey("input", shape=[None, None, template_dim(dim)])
+        tie_dim(self, x, -1, dim)
         h = LayerNorm(name="ln_1")(x)
         attn = MultiHeadAttention(dim, num_heads, is_causal=causal, name="attn")
         x = x + _dropout(attn(query=h, key=h, value=h), dropout)
         mlp = Model(name="mlp")
+        # The sublayer is a model of its own: symbolic sizes enter it as its inputs.
+        mlp_dim = symbolic_size(mlp, "mlp_dim", mlp_dim)
+        dim = symbolic_size(mlp, "dim", dim)
         mlp |= Linear(mlp_dim, name="fc")(input=IOKey("input"), output="hidden")
         mlp |= Gelu()(input="hidden", output="activated")
         mlp |= Linear(dim, name="proj")(input="activated", output=IOKey("output"))

@@ -10,6 +10,27 @@ from mithril_core.logical.model import BaseModel, Model
 from mithril_core.primitives import Add, DimFromValue, MatrixMultiply, Transpose
 
 
+def symbolic_size(model: Model, name: str, value: int | Connection) -> int | Connection:
+    """``value`` unchanged when it is an int, else the input ``name`` of ``model``
+    bound to it (see :meth:`Model.symbolic`): a connection of ``model`` that shape
+    arithmetic (``size * 4``, ``size // heads``) and children may read."""
+    size = model.symbolic(name, value)
+    return model.terminal(size) if isinstance(size, str) else size
+
+
+def template_dim(size: int | Connection) -> int | None:
+    """``size`` as a shape-template entry: the int, or ``None`` (unknown) when
+    symbolic; :func:`tie_dim` then fixes it."""
+    return size if isinstance(size, int) else None
+
+
+def tie_dim(model: Model, conn: Connection, axis: int, size: int | Connection) -> None:
+    """Fix ``conn.shape[axis]`` to the value of a symbolic ``size`` once it is known
+    (a ``DimFromValue`` child of ``model``); an int size is in the template already."""
+    if isinstance(size, Connection):
+        model |= DimFromValue(axis=axis)(input=conn, value=size)
+
+
 class Linear(Model):
     """``output = input @ weight.T + bias`` with ``weight`` of shape ``[dimension, in]``
     (PyTorch's layout) and ``bias`` of shape ``[dimension]``."""

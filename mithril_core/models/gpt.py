@@ -6,11 +6,18 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from mithril_core.errors import MithrilTypeError
+from mithril_core.logical import shapes as sh
 from mithril_core.logical.connection import Connection, IOKey
 from mithril_core.logical.model import Model
 from mithril_core.logical.types import Tensor
 from mithril_core.models.attention import attend, merge_heads, split_heads
-from mithril_core.models.composites import Linear
+from mithril_core.models.composites import (
+    Linear,
+    symbolic_size,
+    template_dim,
+    tie_dim,
+)
 from mithril_core.models.norms import LayerNorm
 from mithril_core.primitives import Buffer, Gelu, Split
 from mithril_core.primitives.nn import Embedding
@@ -21,12 +28,16 @@ class Conv1D(Model):
     ``output = input @ weight + bias`` with ``weight`` ``[in, dimension]`` and ``bias``
     ``[dimension]``."""
 
-    def __init__(self, dimension: int, name: str | None = None) -> None:
+    def __init__(self, dimension: int | Connection, name: str | None = None) -> None:
         super().__init__(name=name)
         self.dimension = dimension
+        size = symbolic_size(self, "dimension", dimension)
+        dim = sh.Dim(template_dim(size))
         x = IOKey("input", shape=[("B", ...), None])
-        y = x @ IOKey("weight", shape=[None, dimension])
-        self |= Buffer()(y + IOKey("bias", shape=[dimension]), output=IOKey("output"))
+        weight = IOKey("weight", shape=[None, dim])
+        tie_dim(self, weight, 1, size)
+        y = x @ weight
+        self |= Buffer()(y + IOKey("bias", shape=[dim]), output=IOKey("output"))
         self._cin = self._conns["input"]
 
 
@@ -35,13 +46,25 @@ class GPT2Attention(Model):
     key and value, heads of ``E // n_head``, scale ``1 / sqrt(E // n_head)``, and
     ``c_proj`` (``[E, E]``)."""
 
-    def __init__(self, n_embd: int, n_head: int, name: str | None = None) -> None:
+    def __init__(
+        self,
+        n_embd: int | Connection,
+        n_head: int | Connection,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name=name)
-        x = IOKey("input", shape=[None, None, n_embd])
+        n_embd = symbolic_size(self, "n_embd", n_embd)
+        n_head = symbolic_size(self, "n_head", n_head)
+        x = IOKey("input", shape=[None, None, template_dim(n_embd)])
+        tie_dim(self, x, -1, n_embd)
         qkv = Conv1D(3 * n_embd, name="c_attn")(x)
-        parts = Split(split_size=n_embd, axis=-1)(qkv)
+        parts = Split(split_size=n_embd, axis=-1)(qkv)  # type: ignore[arg-type]
         q, k, v = (split_heads(parts[i], n_head) for i in range(3))
-        heads = attend(q, k, v, is_causal=True, scale=(n_embd // n_head) ** -0.5)
+        # ``None`` is the same 1 / sqrt(head dim), taken from the shapes at compile.
+        scale = None
+        if isinstance(n_embd, int) and isinstance(n_head, int):
+            scale = (n_embd // n_head) ** -0.5
+        heads = attend(q, k, v, is_causal=True, scale=scale)
         self |= Conv1D(n_embd, name="c_proj")(
             input=merge_heads(heads), output=IOKey("output")
         )
@@ -52,11 +75,21 @@ class GPT2Block(Model):
     """``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``, the MLP being ``c_fc``
     (``[E, 4E]``), tanh-approximated GELU, ``c_proj`` (``[4E, E]``)."""
 
-    def __init__(self, n_embd: int, n_head: int, name: str | None = None) -> None:
+    def __init__(
+        self,
+        n_embd: int | Connection,
+        n_head: int | Connection,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name=name)
-        x: Connection = IOKey("input", shape=[None, None, n_embd])
+        n_embd = symbolic_size(self, "n_embd", n_embd)
+        n_head = symbolic_size(self, "n_head", n_head)
+        x: Connection = IOKey("input", shape=[None, None, template_dim(n_embd)])
+        tie_dim(self, x, -1, n_embd)
         x = x + GPT2Attention(n_embd, n_head, name="attn")(LayerNorm(name="ln_1")(x))
         mlp = Model(name="mlp")
+        # The sublayer is a model of its own: a symbolic size enters it as its input.
+        n_embd = symbolic_size(mlp, "n_embd", n_embd)
         mlp |= Conv1D(4 * n_embd, name="c_fc")(input=IOKey("input"), output="hidden")
         mlp |= Gelu(approximate=True)(input="hidden", output="activated")
         mlp |= Conv1D(n_embd, name="c_proj")(input="activated", output=IOKey("output"))
@@ -70,10 +103,20 @@ class PositionEmbedding(Model):
     ``input.shape[1]`` (``input``: token ids ``[B, T]``); ``T`` must be known at compile
     time and at most ``block_size``."""
 
-    def __init__(self, block_size: int, n_embd: int, name: str | None = None) -> None:
+    def __init__(
+        self,
+        block_size: int | Connection,
+        n_embd: int | Connection,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name=name)
+        block_size = symbolic_size(self, "block_size", block_size)
+        n_embd = symbolic_size(self, "n_embd", n_embd)
         tokens = IOKey("input", shape=[None, None])
-        weight = IOKey("weight", shape=[block_size, n_embd])
+        shape = [template_dim(block_size), template_dim(n_embd)]
+        weight = IOKey("weight", shape=shape)
+        tie_dim(self, weight, 0, block_size)
+        tie_dim(self, weight, 1, n_embd)
         length = tokens.shape[1]
         # Split's first chunk is weight[:T], with T symbolic until shapes are known.
         split = Split(split_size=length, axis=0)  # type: ignore[arg-type]
@@ -110,6 +153,23 @@ def gpt2(
     may lack ``lm_head.weight`` or the ``transformer.`` prefix, or hold old causal-mask
     buffers) ``pm.load_weights(gpt2_state_dict("model.safetensors"))``.
     """
+    sizes = {
+        "vocab_size": vocab_size,
+        "block_size": block_size,
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_embd": n_embd,
+    }
+    for argument, size in sizes.items():
+        if isinstance(size, Connection):
+            # n_layer counts Python-built blocks; the others would have to enter
+            # three nested models and the embedding primitive as symbolic inputs.
+            msg = (
+                f"gpt2: {argument} must be a plain int, got the symbolic {size!r}. "
+                "Build the model from GPT2Block, GPT2Attention, PositionEmbedding "
+                "and Conv1D, which take symbolic sizes."
+            )
+            raise MithrilTypeError(msg)
     transformer = Model(name="transformer")
     tokens = IOKey("input", shape=[None, None], type=Tensor[int])
     tok_emb = Embedding(vocab_size, n_embd, name="wte")(input=tokens)

@@ -50,20 +50,23 @@ class RMSNorm(Model):
 
 class GroupNorm(Model):
     """Normalise ``[N, C, H, W]`` over groups of ``C // num_groups`` channels, with
-    per-channel ``weight``/``bias`` of shape ``[C]``."""
+    per-channel ``weight``/``bias`` of shape ``[C]``; ``num_groups`` may be symbolic
+    (e.g. ``input.shape[1] // 4``)."""
 
     def __init__(
         self,
-        num_groups: int,
+        num_groups: int | Connection,
         eps: float = 1e-5,
         affine: bool = True,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
+        groups = self.symbolic("num_groups", num_groups)
+        groups = self._conns[groups] if isinstance(groups, str) else groups
         channels = sh.Dim(name="C")
         x = IOKey("input", shape=["N", channels, "H", "W"])
         n = x.shape[0]
-        y = _normalize(x.reshape(n, num_groups, -1), -1, eps).reshape(x.shape)
+        y = _normalize(x.reshape(n, groups, -1), -1, eps).reshape(x.shape)
         if affine:
             y = y * IOKey("weight", shape=[channels]).reshape(-1, 1, 1)
             y = y + IOKey("bias", shape=[channels]).reshape(-1, 1, 1)

@@ -3,26 +3,49 @@ RNN/LSTM unrolled over a fixed number of steps (many-to-one)."""
 
 from __future__ import annotations
 
+from mithril_core.errors import MithrilTypeError
 from mithril_core.logical import shapes as sh
 from mithril_core.logical.connection import Connection, IOKey
 from mithril_core.logical.model import Model
-from mithril_core.primitives import Buffer, Sigmoid, Split, Tanh
+from mithril_core.models.composites import symbolic_size
+from mithril_core.primitives import Buffer, DimFromValue, Sigmoid, Split, Tanh
 
 
 class _Weights:
     """``weight_ih [G*H, I]``, ``weight_hh [G*H, H]``, ``bias_ih``/``bias_hh [G*H]``
-    IOKeys of one layer (``suffix`` ``"_l0"`` for ``torch.nn.RNN``/``LSTM`` names)."""
+    IOKeys of one layer (``suffix`` ``"_l0"`` for ``torch.nn.RNN``/``LSTM`` names).
 
-    def __init__(self, gates: int, hidden: int, bias: bool, suffix: str = "") -> None:
+    ``hidden`` is an int or a symbolic size (a connection of ``model``, from
+    :meth:`Model.symbolic`); a symbolic one fixes ``H`` and ``G*H`` when its value is
+    known, through ``DimFromValue`` children of ``model``."""
+
+    def __init__(
+        self,
+        model: Model,
+        gates: int,
+        hidden: int | Connection,
+        bias: bool,
+        suffix: str = "",
+    ) -> None:
         self.hidden = hidden
-        self.weight_ih = IOKey(f"weight_ih{suffix}", shape=[gates * hidden, None])
-        self.weight_hh = IOKey(f"weight_hh{suffix}", shape=[gates * hidden, hidden])
-        self.bias_ih = (
-            IOKey(f"bias_ih{suffix}", shape=[gates * hidden]) if bias else None
-        )
-        self.bias_hh = (
-            IOKey(f"bias_hh{suffix}", shape=[gates * hidden]) if bias else None
-        )
+        size: sh.Dim | int
+        stacked: sh.Dim | int
+        if isinstance(hidden, Connection):
+            size = sh.Dim(name="H")
+            stacked = size if gates == 1 else sh.Dim()
+        else:
+            size, stacked = hidden, gates * hidden
+        #: ``H``, for the shapes of the states.
+        self.size = size
+        self.weight_ih = IOKey(f"weight_ih{suffix}", shape=[stacked, None])
+        self.weight_hh = IOKey(f"weight_hh{suffix}", shape=[stacked, size])
+        self.bias_ih = IOKey(f"bias_ih{suffix}", shape=[stacked]) if bias else None
+        self.bias_hh = IOKey(f"bias_hh{suffix}", shape=[stacked]) if bias else None
+        if isinstance(hidden, Connection):
+            model |= DimFromValue(axis=1)(input=self.weight_hh, value=hidden)
+            if gates > 1:
+                total = hidden * gates
+                model |= DimFromValue(axis=0)(input=self.weight_hh, value=total)
 
     def pre_activation(self, x: Connection, h: Connection | None) -> Connection:
         """``x @ W_ih^T + b_ih + h @ W_hh^T + b_hh`` (``h`` ``None``: zeros)."""
@@ -43,7 +66,9 @@ def _rnn_step(w: _Weights, x: Connection, h: Connection | None) -> Connection:
 def _lstm_step(
     w: _Weights, x: Connection, h: Connection | None, c: Connection | None
 ) -> tuple[Connection, Connection]:
-    gates = Split(split_size=w.hidden, axis=-1)(w.pre_activation(x, h))
+    # A symbolic split_size becomes a bound terminal, as in PositionEmbedding.
+    split = Split(split_size=w.hidden, axis=-1)  # type: ignore[arg-type]
+    gates = split(w.pre_activation(x, h))
     i, f = Sigmoid()(gates[0]), Sigmoid()(gates[1])
     g, o = Tanh()(gates[2]), Sigmoid()(gates[3])
     c_new = i * g if c is None else f * c + i * g
@@ -56,13 +81,13 @@ class RNNCell(Model):
     ``h_new`` ``[B, H]``; ``weight_ih`` ``[H, I]``, ``weight_hh`` ``[H, H]``."""
 
     def __init__(
-        self, hidden_size: int, bias: bool = True, name: str | None = None
+        self, hidden_size: int | Connection, bias: bool = True, name: str | None = None
     ) -> None:
         super().__init__(name=name)
+        w = _Weights(self, 1, symbolic_size(self, "hidden_size", hidden_size), bias)
         batch = sh.Dim(name="B")
         x = IOKey("input", shape=[batch, None])
-        h_prev = IOKey("h_prev", shape=[batch, hidden_size])
-        w = _Weights(1, hidden_size, bias)
+        h_prev = IOKey("h_prev", shape=[batch, w.size])
         self |= Buffer()(_rnn_step(w, x, h_prev), output=IOKey("h_new"))
         self._cin = self._conns["input"]
         self._cout = self._exposed["h_new"]
@@ -82,14 +107,14 @@ class LSTMCell(Model):
     """
 
     def __init__(
-        self, hidden_size: int, bias: bool = True, name: str | None = None
+        self, hidden_size: int | Connection, bias: bool = True, name: str | None = None
     ) -> None:
         super().__init__(name=name)
+        w = _Weights(self, 4, symbolic_size(self, "hidden_size", hidden_size), bias)
         batch = sh.Dim(name="B")
         x = IOKey("input", shape=[batch, None])
-        h_prev = IOKey("h_prev", shape=[batch, hidden_size])
-        c_prev = IOKey("c_prev", shape=[batch, hidden_size])
-        w = _Weights(4, hidden_size, bias)
+        h_prev = IOKey("h_prev", shape=[batch, w.size])
+        c_prev = IOKey("c_prev", shape=[batch, w.size])
         h_new, c_new = _lstm_step(w, x, h_prev, c_prev)
         self |= Buffer()(h_new, output=IOKey("h_new"))
         self |= Buffer()(c_new, output=IOKey("c_new"))
@@ -102,13 +127,20 @@ class _ManyToOne(Model):
 
     def __init__(
         self,
-        hidden_size: int,
+        hidden_size: int | Connection,
         num_steps: int,
         masked: bool = False,
         bias: bool = True,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
+        if not isinstance(num_steps, int):
+            # The steps are unrolled in Python at construction.
+            msg = (
+                f"{type(self).__name__}: num_steps must be a plain int, got "
+                f"{num_steps!r}; hidden_size may be symbolic, num_steps may not."
+            )
+            raise MithrilTypeError(msg)
         if num_steps < 1:
             msg = f"{type(self).__name__}: num_steps must be >= 1, got {num_steps}."
             raise ValueError(msg)
@@ -116,7 +148,8 @@ class _ManyToOne(Model):
         batch = sh.Dim(name="B")
         x = IOKey("input", shape=[batch, num_steps, None])
         mask = IOKey("mask", shape=[batch, num_steps]) if masked else None
-        w = _Weights(self._gates, hidden_size, bias, suffix="_l0")
+        hidden = symbolic_size(self, "hidden_size", hidden_size)
+        w = _Weights(self, self._gates, hidden, bias, suffix="_l0")
         h: Connection | None = None
         c: Connection | None = None
         for t in range(num_steps):

@@ -13,29 +13,39 @@ import mithril_core as ml
 from mithril_core.errors import MithrilTypeError, ModelConnectionError, ShapeError
 from mithril_core.logical import shapes as sh
 from mithril_core.models import (
+    LSTM,
     MLP,
+    RNN,
     Add,
     ArgMax,
     BatchNorm2D,
     Buffer,
     Expand,
+    GroupNorm,
     IOKey,
     Linear,
+    LSTMCell,
     MatrixMultiply,
     Max,
     Mean,
     Model,
+    MultiHeadAttention,
     Primitive,
     Relu,
     Reshape,
+    RNNCell,
     Shape,
     Sigmoid,
     Sine,
     Sum,
     Tanh,
+    Tensor,
+    TransformerBlock,
     Variance,
     Where,
+    gpt2,
 )
+from mithril_core.models.gpt import Conv1D, GPT2Block, PositionEmbedding
 
 
 def shape_of(conn):
@@ -498,6 +508,177 @@ def test_batch_norm_with_symbolic_num_features():
     pm = ml.compile(model, numpy64(), shapes={"input": [2, 5, 3, 3]})
     assert pm.shapes["batch_norm2_d_0_running_mean"] == [5]
     assert pm.shapes["batch_norm2_d_0_weight"] == [5]
+
+
+def _symbolic_matches_plain(make_symbolic, make_plain, bind, shapes, expected):
+    """Compile a composite whose sizes come from ``x.shape`` and the same composite
+    built with plain ints; both give ``expected`` parameter shapes, and equal outputs
+    for the same parameters (float64, NumPy)."""
+    backend = numpy64()
+    compiled = []
+    for make in (make_symbolic, make_plain):
+        model = Model()
+        x = IOKey("input")
+        model |= make(x)(**bind(x))
+        compiled.append(ml.compile(model, backend, shapes=shapes, data_keys={"input"}))
+    symbolic, plain = compiled
+    assert set(symbolic.input_keys) == set(plain.input_keys)
+    params = [k for k in plain.input_keys if k != "input"]
+    assert {k: symbolic.shapes[k] for k in params} == {
+        k: plain.shapes[k] for k in params
+    }
+    assert {k: symbolic.shapes[k] for k in expected} == expected
+    rng = np.random.default_rng(11)
+    values = {k: backend.array(rng.standard_normal(plain.shapes[k])) for k in params}
+    data = {"input": backend.array(rng.standard_normal(shapes["input"]))}
+    got, want = symbolic.evaluate(values, data), plain.evaluate(values, data)
+    assert list(got) == list(want) == ["output"]
+    np.testing.assert_array_equal(got["output"], want["output"])
+
+
+def _output(name="output"):
+    return lambda x: {"input": x, name: IOKey("output")}
+
+
+@pytest.mark.parametrize("cls", [RNNCell, LSTMCell])
+def test_recurrent_cells_with_a_symbolic_hidden_size(cls):
+    gates = 4 if cls is LSTMCell else 1
+    _symbolic_matches_plain(
+        lambda x: cls(x.shape[1] // 2),
+        lambda x: cls(3),
+        _output("h_new"),
+        {"input": [4, 6]},
+        {
+            f"{cls.__name__.lower()[:-4]}_cell_0_weight_ih": [gates * 3, 6],
+            f"{cls.__name__.lower()[:-4]}_cell_0_weight_hh": [gates * 3, 3],
+            f"{cls.__name__.lower()[:-4]}_cell_0_bias_hh": [gates * 3],
+            f"{cls.__name__.lower()[:-4]}_cell_0_h_prev": [4, 3],
+        },
+    )
+
+
+@pytest.mark.parametrize("cls", [RNN, LSTM])
+def test_rnn_and_lstm_with_a_symbolic_hidden_size(cls):
+    gates = 4 if cls is LSTM else 1
+    prefix = f"{cls.__name__.lower()}_0"
+    _symbolic_matches_plain(
+        lambda x: cls(x.shape[2] + 1, num_steps=3),
+        lambda x: cls(7, num_steps=3),
+        _output(),
+        {"input": [2, 3, 6]},
+        {
+            f"{prefix}_weight_ih_l0": [gates * 7, 6],
+            f"{prefix}_weight_hh_l0": [gates * 7, 7],
+            f"{prefix}_bias_ih_l0": [gates * 7],
+        },
+    )
+
+
+def test_rnn_steps_must_be_a_plain_int():
+    x = IOKey("input")
+    with pytest.raises(MithrilTypeError, match="LSTM: num_steps must be a plain int"):
+        LSTM(4, num_steps=x.shape[1])
+
+
+def test_multi_head_attention_with_symbolic_embed_dim_and_heads():
+    _symbolic_matches_plain(
+        lambda x: MultiHeadAttention(x.shape[2] * 2, x.shape[2] // 2),
+        lambda x: MultiHeadAttention(12, 3),
+        lambda x: {"query": x, "key": x, "value": x, "output": IOKey("output")},
+        {"input": [2, 5, 6]},
+        {
+            "multi_head_attention_0_query_proj_weight": [12, 6],
+            "multi_head_attention_0_value_proj_bias": [12],
+            "multi_head_attention_0_out_proj_weight": [12, 12],
+        },
+    )
+
+
+def test_transformer_block_with_symbolic_sizes():
+    _symbolic_matches_plain(
+        lambda x: TransformerBlock(x.shape[2], x.shape[2] // 3, x.shape[2] * 2),
+        lambda x: TransformerBlock(6, 2, 12),
+        _output(),
+        {"input": [2, 5, 6]},
+        {
+            "transformer_block_0_attn_key_proj_weight": [6, 6],
+            "transformer_block_0_mlp_fc_weight": [12, 6],
+            "transformer_block_0_mlp_proj_weight": [6, 12],
+            "transformer_block_0_ln_2_bias": [6],
+        },
+    )
+
+
+def test_transformer_block_with_a_wrong_symbolic_dim_raises():
+    model = Model()
+    x = IOKey("input")
+    model |= TransformerBlock(x.shape[2] + 1, 1, 4)(input=x, output=IOKey("output"))
+    with pytest.raises(ShapeError, match="6 != 7|7 != 6"):
+        ml.compile(model, numpy64(), shapes={"input": [2, 5, 6]})
+
+
+def test_group_norm_with_symbolic_num_groups():
+    _symbolic_matches_plain(
+        lambda x: GroupNorm(x.shape[1] // 2),
+        lambda x: GroupNorm(3),
+        _output(),
+        {"input": [2, 6, 3, 3]},
+        {"group_norm_0_weight": [6], "group_norm_0_bias": [6]},
+    )
+
+
+def test_gpt2_blocks_with_symbolic_sizes():
+    _symbolic_matches_plain(
+        lambda x: GPT2Block(x.shape[2], x.shape[2] // 3),
+        lambda x: GPT2Block(6, 2),
+        _output(),
+        {"input": [2, 5, 6]},
+        {
+            "gpt2_block_0_attn_c_attn_weight": [6, 18],
+            "gpt2_block_0_attn_c_proj_bias": [6],
+            "gpt2_block_0_mlp_c_fc_weight": [6, 24],
+            "gpt2_block_0_mlp_c_proj_weight": [24, 6],
+        },
+    )
+
+
+def test_gpt2_conv1d_with_a_symbolic_dimension():
+    _symbolic_matches_plain(
+        lambda x: Conv1D(x.shape[1] - 2),
+        lambda x: Conv1D(4),
+        _output(),
+        {"input": [3, 6]},
+        {"conv1_d_0_weight": [6, 4], "conv1_d_0_bias": [4]},
+    )
+
+
+def test_position_embedding_with_symbolic_sizes():
+    backend = numpy64()
+    model = Model()
+    x = IOKey("input", type=Tensor[int])
+    model |= PositionEmbedding(x.shape[1] * 2, x.shape[0] + 1)(
+        input=x, output=IOKey("output")
+    )
+    pm = ml.compile(model, backend, shapes={"input": [2, 5]}, data_keys={"input"})
+    assert pm.shapes["position_embedding_0_weight"] == [10, 3]
+    weight = np.random.default_rng(3).standard_normal((10, 3))
+    # Only the tokens' shape is read: evaluate takes no token values.
+    out = pm.evaluate({"position_embedding_0_weight": backend.array(weight)}, {})
+    np.testing.assert_array_equal(out["output"], weight[:5])
+
+
+def test_gpt2_refuses_symbolic_sizes_by_name():
+    x = IOKey("input")
+    with pytest.raises(MithrilTypeError, match=r"gpt2: n_embd must be a plain int"):
+        gpt2(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=x.shape[1])
+
+
+def test_a_symbolic_constructor_argument_refuses_to_serialize():
+    model = Model()
+    x = IOKey("input")
+    model |= LSTM(x.shape[2] // 2, num_steps=2)(input=x, output=IOKey("output"))
+    with pytest.raises(TypeError, match="symbolic"):
+        model.to_dict()
 
 
 # -- 11. duplicate removal sees equal constants; constants are never outputs --------
