@@ -594,6 +594,20 @@ def test_multi_head_attention_with_symbolic_embed_dim_and_heads():
     )
 
 
+def test_symbolic_heads_that_do_not_divide_embed_dim_raise_at_compile():
+    model = Model()
+    x = IOKey("input")
+    model |= MultiHeadAttention(x.shape[2], 4)(
+        query=x, key=x, value=x, output=IOKey("output")
+    )
+    with pytest.raises(
+        ShapeError,
+        match=r"multi_head_attention_0.reshape_0: cannot reshape \[2, 5, 6\] into "
+        r"\[2, 5, 4, 1\]",
+    ):
+        ml.compile(model, numpy64(), shapes={"input": [2, 5, 6]})
+
+
 def test_transformer_block_with_symbolic_sizes():
     _symbolic_matches_plain(
         lambda x: TransformerBlock(x.shape[2], x.shape[2] // 3, x.shape[2] * 2),
