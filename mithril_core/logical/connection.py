@@ -105,10 +105,6 @@ class Connection:
         self.shape_node.watch(rule)
 
     # -- metadata ----------------------------------------------------------------------
-    @property
-    def is_tensor(self) -> bool:
-        return ty.is_tensor_type(self.find().types)
-
     def set_value(self, value: Any) -> None:
         root = self.find()
         if root.value is not NOVALUE:
@@ -142,10 +138,6 @@ class Connection:
         if new <= ty.SCALARS:
             sh.unify_with_dims(root.shape_node, [])
         sh.notify(root.watchers)
-
-    @property
-    def known_value(self) -> Any:
-        return self.find().value
 
     def display_name(self) -> str:
         """A readable path for messages: ``model_path.name``."""

@@ -171,10 +171,6 @@ def _promote_atoms(a: str, b: str) -> str | None:
     return max(ka, kb, key=_KIND_ORDER.__getitem__)
 
 
-def map_kinds(atoms: frozenset[str], fn: dict[str, str]) -> frozenset[str]:
-    return frozenset(fn.get(a, a) for a in atoms)
-
-
 def as_tensor_kind(atoms: frozenset[str], kind: str) -> frozenset[str]:
     """Tensor atoms become ``Tensor[kind]``, scalar atoms become ``kind``."""
     out = set()
@@ -184,7 +180,3 @@ def as_tensor_kind(atoms: frozenset[str], kind: str) -> frozenset[str]:
         elif a in SCALARS:
             out.add(kind)
     return frozenset(out)
-
-
-def is_tensor_type(atoms: frozenset[str]) -> bool:
-    return bool(atoms) and atoms <= TENSORS

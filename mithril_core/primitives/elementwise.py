@@ -18,8 +18,6 @@ _NUMERIC = ty.TENSORS | ty.SCALARS
 class _Binary(Primitive):
     """Broadcasting binary op on tensors or scalars: ``output = left <op> right``."""
 
-    fold: ClassVar[Any] = None
-
     def __init__(
         self, name: str | None = None, left: Any = NOVALUE, right: Any = NOVALUE
     ) -> None:
