@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import metadata
 from typing import Any
@@ -94,7 +94,7 @@ class Registry:
         self._lowerings: dict[str, dict[str, Any]] = {}
 
     def _merge(
-        self, results: list[tuple[str, Mapping[str, Any]]], what: str
+        self, results: Sequence[tuple[str, Mapping[str, Any]]], what: str
     ) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         owner: dict[str, str] = {}

@@ -270,8 +270,8 @@ class PythonCodegen:
         grads = []
         for key in grad_keys:
             value = graph.inputs[key]
-            gname = grad_name.get(id(value))
-            grads.append(f"{key!r}: {gname if gname else 'None'}")
+            known = grad_name.get(id(value))
+            grads.append(f"{key!r}: {known if known else 'None'}")
         lines.append(f"return {self.outputs_dict()}, {{{', '.join(grads)}}}")
         header = f"def {name}(inputs, output_gradients):\n"
         return header + "\n".join("    " + line for line in lines) + "\n"

@@ -267,14 +267,14 @@ def _read_document(path: str | os.PathLike[str]) -> str:
 
 
 def _allowed_classes(
-    classes: Iterable[type[BaseModel]], registry: Registry | None
+    classes: Iterable[type[BaseModel]] | type[BaseModel], registry: Registry | None
 ) -> dict[str, type]:
     from mithril_core.plugins import document_name, get_registry
 
-    if isinstance(classes, type):
-        classes = [classes]
+    # One class on its own is accepted too.
+    listed = [classes] if isinstance(classes, type) else classes
     allowed = dict((registry or get_registry()).model_classes)
-    for cls in classes:
+    for cls in listed:
         if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
             msg = (
                 f"classes=: {cls!r} is not a model class; pass subclasses of "
@@ -434,7 +434,7 @@ def _name(value: Any, path: str, *, optional: bool = False) -> Any:
     return value
 
 
-def _init_parameters(cls: type, path: str) -> dict[str, inspect.Parameter]:
+def _init_parameters(cls: type[object], path: str) -> dict[str, inspect.Parameter]:
     try:
         signature = inspect.signature(cls.__init__)
     except (TypeError, ValueError) as exc:

@@ -16,7 +16,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 _counter = itertools.count()
 
@@ -91,7 +91,8 @@ def transaction() -> Iterator[None]:
     if _TRAIL is not None:
         yield
         return
-    _TRAIL = trail = []
+    trail: list[Any] = []
+    _TRAIL = trail
     # The trail keeps every replaced value alive until the step ends, so a large step
     # (an unrolled RNN pulls thousands of calls into one) made the cyclic collector
     # rescan a growing heap; the step's garbage is collected after it instead.
@@ -231,7 +232,10 @@ class ShapeNode:
 
     def expanded(self) -> tuple[list[Dim], Var | None, list[Dim]]:
         pre, var, suf = expand(self.items)
-        items = [*pre, var, *suf] if var is not None else pre
+        # Without a variadic the prefix list itself becomes ``items`` (no copy: hot).
+        items: list[Item] = (
+            [*pre, var, *suf] if var is not None else cast("list[Item]", pre)
+        )
         if _TRAIL is not None:
             # Keep (and remember) the old list only when the expansion changed it.
             if len(items) == len(self.items) and all(
@@ -251,10 +255,6 @@ class ShapeNode:
         """Dim values (``None`` for symbols) when the rank is known."""
         dims = self.dims()
         return None if dims is None else [d.value for d in dims]
-
-    def is_known(self) -> bool:
-        dims = self.dims()
-        return dims is not None and all(d.value is not None for d in dims)
 
     def watch(self, rule: Rule) -> None:
         for item in self.items:

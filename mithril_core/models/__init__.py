@@ -21,9 +21,13 @@ from mithril_core.primitives import *  # noqa: F403 - re-export every core primi
 from mithril_core.primitives import CORE_PRIMITIVES
 
 # isort: split
-# The composites (with weight and bias) shadow the primitives of the same name, which
-# stay importable from mithril_core.primitives.
-from mithril_core.models.conv import Convolution1D, Convolution2D
+# The composites (with weight and bias) deliberately shadow the primitives of the same
+# name, which stay importable from mithril_core.primitives (renaming either would change
+# default child names, hence parameter keys, and saved documents' class names).
+from mithril_core.models.conv import (  # type: ignore[assignment]
+    Convolution1D,
+    Convolution2D,
+)
 
 __all__ = [
     "MLP",

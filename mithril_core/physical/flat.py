@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,9 +145,9 @@ def flatten(model: Model, names: dict[int, str]) -> FlatGraph:
 
     nodes: list[Node] = []
     for primitive, path in model.primitives():
-        inputs = [value_of(primitive._terminals[n]) for n in primitive._inputs]
+        operands = [value_of(primitive._terminals[n]) for n in primitive._inputs]
         output = value_of(primitive._terminals["output"])
-        nodes.append(Node(primitive, path, inputs, output))
+        nodes.append(Node(primitive, path, operands, output))
     inputs: dict[str, Value] = {}
     for value in values.values():
         root = value.conn
@@ -282,10 +282,6 @@ def fold_constants(
             continue
         kept.append(node)
     graph.nodes = kept
-
-
-def used_values(nodes: Iterable[Node]) -> set[int]:
-    return {id(v) for n in nodes for v in n.inputs}
 
 
 def cast_promoted_floats(graph: FlatGraph, dtype_name: str) -> None:

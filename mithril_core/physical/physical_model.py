@@ -158,21 +158,22 @@ class PhysicalModel:
         unknown = []
         for key in self.trainable_keys:
             shape = self.graph.inputs[key].shape()
-            if shape is None or None in shape:
+            dims = _known(shape)
+            if dims is None:
                 unknown.append(f"{key}: {shape}")
                 continue
-            fan_in = int(np.prod(shape[1:])) if len(shape) >= 2 else 0
+            fan_in = int(np.prod(dims[1:])) if len(dims) >= 2 else 0
             bound = 1.0 / np.sqrt(fan_in) if fan_in else 0.1
-            values = generator.uniform(-bound, bound, size=tuple(shape))  # type: ignore[arg-type]
+            values = generator.uniform(-bound, bound, size=dims)
             params[key] = self.backend.array(values, dtype=self.backend.dtype)
         for key, init in self._state_init.items():
             shape = self.graph.inputs[key].shape()
-            if shape is None or None in shape:
+            dims = _known(shape)
+            if dims is None:
                 unknown.append(f"{key}: {shape}")
                 continue
             params[key] = self.backend.array(
-                np.full(tuple(shape), init),
-                dtype=self.backend.dtype,  # type: ignore[arg-type]
+                np.full(dims, init), dtype=self.backend.dtype
             )
         if unknown:
             msg = (
@@ -243,9 +244,9 @@ class PhysicalModel:
             assert grads is not None
             for key, grad in grads.items():
                 if grad is None:
-                    grads[key] = self.backend.zeros(
-                        *self.backend.array_info(inputs[key])[0]
-                    )  # type: ignore[index]
+                    info = self.backend.array_info(inputs[key])
+                    assert info is not None  # inputs were checked to be arrays
+                    grads[key] = self.backend.zeros(*info[0])
             return outputs, grads
         outputs, _ = self._evaluator(inputs, None)
         return outputs
@@ -408,3 +409,11 @@ def _dtype_kind(name: str) -> str:
     if name == "bool":
         return "bool"
     return "int"
+
+
+def _known(shape: list[int | None] | None) -> tuple[int, ...] | None:
+    """``shape`` as a tuple when every dim is known, else ``None``."""
+    if shape is None:
+        return None
+    dims = tuple(d for d in shape if d is not None)
+    return dims if len(dims) == len(shape) else None

@@ -258,7 +258,7 @@ def matmul_shape(rule: sh.Rule) -> bool:
     except sh.ShapeConflict:
         _fail(f"inner dims do not match: left {_fmt(ldims)} @ right {_fmt(rdims)}")
     lb, rb = l2[:-2], r2[:-2]
-    batch: list[sh.Dim | int | None] = []
+    batch_dims: list[sh.Dim | int | None] = []
     finished = True
     for i in range(1, max(len(lb), len(rb)) + 1):
         cands = [s[-i] for s in (lb, rb) if len(s) >= i]
@@ -266,15 +266,15 @@ def matmul_shape(rule: sh.Rule) -> bool:
         if len(known) > 1:
             _fail(f"batch dims {sorted(known)} do not broadcast")
         if known:
-            batch.insert(0, known.pop())
+            batch_dims.insert(0, known.pop())
         elif len(cands) == 1:
-            batch.insert(0, cands[0])
+            batch_dims.insert(0, cands[0])
         elif all(d.value == 1 for d in cands):
-            batch.insert(0, 1)
+            batch_dims.insert(0, 1)
         else:
-            batch.insert(0, None)
+            batch_dims.insert(0, None)
             finished = False
-    result: list[sh.Dim | int | None] = list(batch)
+    result: list[sh.Dim | int | None] = list(batch_dims)
     if len(ldims) > 1:
         result.append(l2[-2])
     if len(rdims) > 1:
@@ -385,7 +385,7 @@ def flatten_shape(rule: sh.Rule) -> bool:
     s, e = normalize_axes(start, rank)[0], normalize_axes(end, rank)[0]
     middle = dims[s : e + 1]
     values = [d.value for d in middle]
-    merged: sh.Dim | int | None = None if None in values else _prod(values)  # type: ignore[arg-type]
+    merged: sh.Dim | int | None = None if None in values else _prod(values)
     if len(middle) == 1:
         merged = middle[0]
     sh.unify_with_dims(out.shape_node, [*dims[:s], merged, *dims[e + 1 :]])

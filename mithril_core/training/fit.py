@@ -150,8 +150,8 @@ def fit(
         if validation_data is not None:
             val_model = validation_model or pm
             logs.update(_validate(val_model, params, validation_data, epoch, backend))
-        for key, value in logs.items():
-            logs_history.setdefault(key, []).append(value)
+        for key, logged in logs.items():
+            logs_history.setdefault(key, []).append(logged)
         result.epoch = epoch + 1
         reporter.finish(logs)
         value = logs.get(monitor)
@@ -191,7 +191,7 @@ def fit(
 def _batches(data: Batches, epoch: int) -> Iterable[Mapping[str, Any]]:
     if callable(data) and not hasattr(data, "__iter__"):
         return data(epoch)
-    return data  # type: ignore[return-value]
+    return data
 
 
 def _to_backend(batch: Mapping[str, Any], backend: Any) -> dict[str, Any]:

@@ -210,7 +210,8 @@ class Adam(Optimizer):
             else:
                 grad = grad + self.weight_decay * param
         exp_avg = self.state["exp_avg"].get(key)
-        exp_avg_sq = self.state["exp_avg_sq"].get(key)
+        # Both moments are set together: exp_avg_sq is there when exp_avg is.
+        exp_avg_sq: Any = self.state["exp_avg_sq"].get(key)
         if exp_avg is None:
             exp_avg = (1 - beta1) * grad
             exp_avg_sq = (1 - beta2) * (grad * grad)

@@ -331,13 +331,15 @@ class TrainModel(Model):
         if not isinstance(model, BaseModel):
             msg = f"{what}: expected a model, got {type(model).__name__}."
             raise TypeError(msg)
-        steps = [Mean()] if reduce_steps is None else list(reduce_steps)
+        # A class given for an instance is accepted too.
+        steps: list[BaseModel | type[BaseModel]] = (
+            [Mean()] if reduce_steps is None else list(reduce_steps)
+        )
         with self._defer():
             self |= model(**connections)
             current = model.cout
-            for step in steps:
-                if isinstance(step, type):
-                    step = step()  # noqa: PLW2901 - a class given for an instance
+            for item in steps:
+                step = item() if isinstance(item, type) else item
                 cin = step.cin_name()
                 if cin is None:
                     msg = f"{what}: reduce step {type(step).__name__} has no input."

@@ -151,7 +151,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _openblas() -> tuple[str, str, str]:
-    import scipy_openblas32  # type: ignore[import-untyped]
+    import scipy_openblas32
 
     return (
         scipy_openblas32.get_include_dir(),
@@ -283,7 +283,7 @@ def _kernels(real: str, cflags: tuple[str, ...], include: str) -> Path:
 
 
 def _cffi_version() -> str:
-    import cffi  # type: ignore[import-untyped]
+    import cffi
 
     return cffi.__version__
 
@@ -301,7 +301,7 @@ def _compile(
     openblas: tuple[str, str, str],
     archive: Path,
 ) -> None:
-    import cffi  # type: ignore[import-untyped]
+    import cffi
 
     include, libdir, library = openblas
     ffi = cffi.FFI()

@@ -384,7 +384,7 @@ class Emitter:
             if dtype == self.real_numpy:
                 continue
             if allowed == "any" or (isinstance(allowed, dict) and j in allowed):
-                kinds = "any" if allowed == "any" else allowed[j]  # type: ignore[index]
+                kinds = "any" if allowed == "any" else allowed[j]
                 if kinds == "any" or np.dtype(dtype).kind in kinds:
                     continue
             what = "output" if j < 0 else f"input {j}"
@@ -897,7 +897,7 @@ class Emitter:
                     mode[id(value)] = "+=" if accumulate else "="
             index = len(accesses)
             accesses.append((pointer, broadcast_strides(shape_of(value), shape)))
-            expr = vjps[j].format(*args, **named)  # type: ignore[union-attr]
+            expr = vjps[j].format(*args, **named)
             body.append(f"\x00{index}\x00 {mode[id(value)]} {expr};")
             mode[id(value)] = "+="
         self.line(f"/* {comment_text(node.op)} vjp */")

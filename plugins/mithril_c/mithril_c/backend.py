@@ -286,13 +286,13 @@ class _Specializations:
         return self._runtime(inputs)
 
     def forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        return self._select(inputs).forward(inputs)  # type: ignore[no-any-return]
+        return self._select(inputs).forward(inputs)
 
     def forward_backward(
         self, inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         runtime = self._select(inputs)
-        return runtime.forward_backward(inputs, output_gradients)  # type: ignore[no-any-return]
+        return runtime.forward_backward(inputs, output_gradients)
 
 
 def _write(file_path: str, source: str) -> None:

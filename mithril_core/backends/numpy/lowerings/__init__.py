@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from mithril_core.backends.numpy.lowerings import (
     elementwise,
     linalg,
@@ -11,9 +8,8 @@ from mithril_core.backends.numpy.lowerings import (
     reduction,
     shape,
 )
+from mithril_core.backends.numpy.lowerings._utils import Lowering
 from mithril_core.errors import PluginError
-
-Lowering = tuple[Callable[..., Any], Callable[..., tuple[Any, ...]]]
 
 
 def _merge(*tables: dict[str, Lowering]) -> dict[str, Lowering]:

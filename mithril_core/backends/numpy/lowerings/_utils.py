@@ -1,16 +1,18 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 Array = NDArray[Any]
-Operand = NDArray[Any] | np.generic | int | float | bool
+Operand = NDArray[Any] | np.number[Any] | np.bool_ | int | float | bool
 Grad = NDArray[Any] | None
 Needs = Sequence[bool] | None
 Axis = int | tuple[int, ...] | None
+# A forward and its VJP, one gradient (or None) per input.
+Lowering = tuple[Callable[..., Any], Callable[..., tuple[Any, ...]]]
 
 
 def _needs(needs: Needs, i: int) -> bool:
@@ -21,7 +23,7 @@ _ARRAYS = (np.ndarray, np.generic)  # a tuple: isinstance is fastest with one
 
 
 def is_float(value: object) -> bool:
-    return isinstance(value, _ARRAYS) and value.dtype.kind == "f"  # type: ignore[union-attr]
+    return isinstance(value, _ARRAYS) and value.dtype.kind == "f"
 
 
 def wants(needs: Needs, i: int, value: object) -> bool:
@@ -30,7 +32,7 @@ def wants(needs: Needs, i: int, value: object) -> bool:
     return (
         (needs is None or bool(needs[i]))
         and isinstance(value, _ARRAYS)
-        and value.dtype.kind == "f"  # type: ignore[union-attr]
+        and value.dtype.kind == "f"
     )
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
     Grad,
+    Lowering,
     Needs,
     Operand,
     reduce_to,
@@ -536,7 +537,7 @@ def stop_gradient_vjp(
     return (None,)
 
 
-LOWERINGS = {
+LOWERINGS: dict[str, Lowering] = {
     "add": (add, add_vjp),
     "subtract": (subtract, subtract_vjp),
     "multiply": (multiply, multiply_vjp),

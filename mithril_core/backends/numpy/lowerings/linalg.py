@@ -5,6 +5,7 @@ import numpy as np
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
     Grad,
+    Lowering,
     Needs,
     unbroadcast,
     wants,
@@ -45,4 +46,6 @@ def _right_grad(grad: Array, lhs: Array, rhs: Array) -> Array:
     return unbroadcast(lhs.swapaxes(-1, -2) @ grad, rhs.shape)
 
 
-LOWERINGS = {"matrix_multiply": (matrix_multiply, matrix_multiply_vjp)}
+LOWERINGS: dict[str, Lowering] = {
+    "matrix_multiply": (matrix_multiply, matrix_multiply_vjp)
+}

@@ -5,6 +5,7 @@ import numpy as np
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
     Grad,
+    Lowering,
     Needs,
     reduce_to,
     wants,
@@ -159,7 +160,7 @@ def binary_cross_entropy_vjp(
     return g_input, g_target, None
 
 
-LOWERINGS = {
+LOWERINGS: dict[str, Lowering] = {
     "squared_error": (squared_error, squared_error_vjp),
     "absolute_error": (absolute_error, absolute_error_vjp),
     "cross_entropy": (cross_entropy, cross_entropy_vjp),

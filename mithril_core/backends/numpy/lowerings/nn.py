@@ -8,6 +8,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
     Grad,
+    Lowering,
     Needs,
     reduce_to,
     wants,
@@ -505,7 +506,7 @@ def pad_vjp(
     return grad, None, None, None
 
 
-LOWERINGS = {
+LOWERINGS: dict[str, Lowering] = {
     "softmax": (softmax, softmax_vjp),
     "log_softmax": (log_softmax, log_softmax_vjp),
     "conv1d": (conv1d, conv1d_vjp),

@@ -8,6 +8,7 @@ from mithril_core.backends.numpy.lowerings._utils import (
     Array,
     Axis,
     Grad,
+    Lowering,
     Needs,
     wants,
 )
@@ -157,7 +158,7 @@ def arg_max_vjp(
 
 arg_min_vjp = arg_max_vjp
 
-LOWERINGS = {
+LOWERINGS: dict[str, Lowering] = {
     "sum": (sum, sum_vjp),
     "mean": (mean, mean_vjp),
     "max": (max, max_vjp),

@@ -3,13 +3,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from types import EllipsisType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
     Grad,
+    Lowering,
     Needs,
     _needs,
     is_float,
@@ -120,7 +121,8 @@ def _has_int_array(index: Index) -> bool:
 
 
 def indexer(input: Array | Sequence[Any], index: Index) -> Any:
-    return input[index]
+    # A list or tuple value is only ever indexed by an int or a slice.
+    return input[index]  # type: ignore[index]
 
 
 def indexer_vjp(
@@ -133,12 +135,14 @@ def indexer_vjp(
     if not _needs(needs, 0):
         return None, None
     if isinstance(input, list | tuple):
-        return _sequence_grad(output_grad, len(input), index), None
+        # A list or tuple value is only ever indexed by an int or a slice.
+        return _sequence_grad(output_grad, len(input), cast("int | slice", index)), None
     if not is_float(input):
         return None, None
     grad = np.zeros_like(input)
     if _has_int_array(index):
-        np.add.at(grad, index, output_grad)
+        # numpy's stub takes only integer indices; add.at takes any basic index too.
+        np.add.at(grad, index, output_grad)  # type: ignore[arg-type]
     else:
         grad[index] = output_grad
     return grad, None
@@ -239,7 +243,7 @@ def expand_vjp(
     ), None
 
 
-LOWERINGS = {
+LOWERINGS: dict[str, Lowering] = {
     "reshape": (reshape, reshape_vjp),
     "transpose": (transpose, transpose_vjp),
     "flatten": (flatten, flatten_vjp),

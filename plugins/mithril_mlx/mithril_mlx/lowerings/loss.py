@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 
@@ -45,7 +45,8 @@ def binary_cross_entropy(
         # Softplus has no kink: the gradient is sigmoid(x) - t at x = 0 too.
         softplus_neg, softplus = mx.logaddexp(-input, 0), mx.logaddexp(input, 0)
         return target * softplus_neg + (1 - target) * softplus
-    return _binary_cross_entropy_probs(input, target)
+    # mlx's stub types a custom_function's call as returning `object`.
+    return cast(mx.array, _binary_cross_entropy_probs(input, target))
 
 
 # PyTorch's floor of p * (1 - p) in the input gradient, a C float.
