@@ -58,11 +58,18 @@ def model_to_dict(model: BaseModel) -> dict[str, Any]:
     """Describe ``model`` as a JSON-safe dict (see module docstring)."""
     model._ensure_built()
     if type(model) is not Model:
+        args = model.__dict__["_init_args"]
+        for name, value in args.items():
+            if isinstance(value, Connection):
+                msg = (
+                    f"{model.path()}: cannot serialize {type(model).__name__}: its "
+                    f"argument {name!r} is symbolic ({value.display_name()}); build "
+                    "the model with a plain value to save it."
+                )
+                raise TypeError(msg)
         return {
             "class": f"{type(model).__module__}:{type(model).__qualname__}",
-            "args": {
-                k: _encode_value(v) for k, v in model.__dict__["_init_args"].items()
-            },
+            "args": {k: _encode_value(v) for k, v in args.items()},
         }
     refs: dict[int, Any] = {}
     for name, conn in model._conns.items():
