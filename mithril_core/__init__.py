@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# Declares the primitives and registers the connection operators (``a + b`` ...) with
+# logical/; imports NumPy, never a framework.
+from mithril_core import primitives as _primitives  # noqa: F401  (registers operators)
 from mithril_core.dtypes import (
     Dtype,
     bfloat16,
@@ -27,6 +30,12 @@ from mithril_core.errors import (
     PluginError,
     ShapeError,
 )
+
+# The inspect layer: registers what model.to_dict(), model.summary(), pm.to_dot() ...
+# call, so the logical and physical layers never import it.
+from mithril_core.logical import dot as _dot  # noqa: F401
+from mithril_core.logical import serialize as _serialize  # noqa: F401
+from mithril_core.logical import summary as _summary  # noqa: F401
 
 if TYPE_CHECKING:
     from mithril_core.backends.base import Backend

@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from mithril_core.backends.base import Backend
+from mithril_core.dtypes import float64
 from mithril_core.errors import CompileError, InputKeyError
 from mithril_core.physical.flat import FlatGraph, Node, Value
+from mithril_core.physical.model import compile as compile_model
+from mithril_core.plugins import get_registry
 
 # SPEC quality bars: float64 and float32 agreement with the float64 NumPy reference.
 TOLERANCES = {"float64": (1e-5, 1e-8), "float32": (1e-3, 1e-5)}
@@ -142,8 +145,6 @@ def check_parity(
     :param constant_keys: passed to compile.
     :returns: a :class:`ParityReport`; ``report.first`` is the first divergence.
     """
-    import mithril_core as ml
-
     data = {k: _as_reference(v) for k, v in (data or {}).items()}
     all_shapes = {k: list(v.shape) for k, v in data.items()}
     all_shapes.update({k: list(v) for k, v in (shapes or {}).items()})
@@ -154,8 +155,8 @@ def check_parity(
         "constant_keys": constant_keys,
         "jit": False,
     }
-    reference_backend = ml.backend("numpy", dtype=ml.float64)
-    reference_pm = ml.compile(model, reference_backend, **options)
+    reference_backend = get_registry().backend_class("numpy")(dtype=float64)
+    reference_pm = compile_model(model, reference_backend, **options)
     inputs: dict[str, Any] = dict(data)
     if params is None:
         inputs.update(reference_pm.randomize_params(seed))
@@ -181,7 +182,7 @@ def check_parity(
     }
 
     report = ParityReport(reference="numpy")
-    for item in backends if backends is not None else ml.available_backends():
+    for item in backends if backends is not None else sorted(get_registry().backends):
         backend = _backend(item)
         dtype = backend.dtype.name
         default_rtol, default_atol = TOLERANCES.get(dtype, _LOW_PRECISION)
@@ -192,7 +193,7 @@ def check_parity(
             atol=default_atol if atol is None else atol,
         )
         report.results[_unique(report.results, backend.name)] = result
-        pm = ml.compile(model, backend, **options)
+        pm = compile_model(model, backend, **options)
         converted = {
             k: _to_backend(v, backend) for k, v in inputs.items() if k in pm.input_keys
         }
@@ -224,8 +225,6 @@ def check_parity(
 
 # -- running a flat graph node by node --
 def _lowerings(backend: str) -> dict[str, Any]:
-    from mithril_core.plugins import get_registry
-
     return get_registry().lowerings(backend)
 
 
@@ -292,16 +291,12 @@ def _to_backend(value: Any, backend: Backend) -> Any:
 
 
 def _backend(item: str | Backend) -> Backend:
-    import mithril_core as ml
-
     if isinstance(item, Backend):
         return item
-    from mithril_core.plugins import get_registry
-
     backend_class: type[Backend] = get_registry().backend_class(item)
     supported = backend_class.supported_dtypes
     dtype = "float64" if "float64" in supported else "float32"
-    return ml.backend(item, dtype=dtype)
+    return backend_class(dtype=dtype)
 
 
 def _unique(taken: Mapping[str, Any], name: str) -> str:

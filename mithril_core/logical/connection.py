@@ -11,7 +11,7 @@ from __future__ import annotations
 import dis
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mithril_core.errors import MithrilTypeError, ModelConnectionError, ShapeError
@@ -51,6 +51,30 @@ def user_source_line() -> str:
     if frame is None:
         return "<unknown>"
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+#: The primitive classes behind connection expressions (``a + b`` -> ``"Add"``,
+#: ``a[i]`` -> ``"Indexer"``, a list of connections -> ``"ToList"`` ...), by name.
+#: :mod:`mithril_core.primitives` fills it at import (``import mithril_core`` imports
+#: it), so this layer never imports a primitive.
+OPERATORS: dict[str, Callable[..., BaseModel]] = {}
+
+
+def register_operators(classes: Mapping[str, Callable[..., BaseModel]]) -> None:
+    """Register the primitive classes connection expressions build, by name."""
+    OPERATORS.update(classes)
+
+
+def operator(name: str) -> Callable[..., BaseModel]:
+    """The registered primitive class for connection operator ``name``."""
+    try:
+        return OPERATORS[name]
+    except KeyError:
+        msg = (
+            f"No primitive is registered for the connection operator {name!r}; "
+            "import mithril_core.primitives (import mithril_core does) first."
+        )
+        raise ModelConnectionError(msg) from None
 
 
 class Connection:
@@ -175,10 +199,7 @@ class Connection:
 
     # -- tensor-like expressions -------------------------------------------------------
     def _call(self, prim_name: str, *args: Any, **kwargs: Any) -> Connection:
-        from mithril_core import primitives
-
-        cls = getattr(primitives, prim_name)
-        return cls(**kwargs)(*args)
+        return operator(prim_name)(**kwargs)(*args)
 
     def __add__(self, other: Any) -> Connection:
         return self._call("Add", self, other)

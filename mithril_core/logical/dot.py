@@ -7,7 +7,7 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from mithril_core.logical.connection import NOVALUE
-from mithril_core.logical.model import BaseModel, Model, Primitive
+from mithril_core.logical.model import BaseModel, Model, Primitive, register_inspect
 
 if TYPE_CHECKING:
     from mithril_core.physical.physical_model import PhysicalModel
@@ -129,3 +129,10 @@ def render_svg(dot: str) -> str:
         [binary, "-Tsvg"], input=dot, capture_output=True, text=True, check=True
     )
     return result.stdout
+
+
+register_inspect(
+    {
+        "physical_to_dot": physical_to_dot,
+    }
+)

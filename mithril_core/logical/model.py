@@ -8,6 +8,7 @@ import inspect
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -22,10 +23,35 @@ from mithril_core.logical.connection import (
     Connection,
     IOKey,
     merge,
+    operator,
     user_source_line,
 )
 
 RuleFn = Callable[[sh.Rule], bool]
+
+#: Functions of the inspect layer (serialize, summary, dot) behind the thin methods
+#: ``to_dict``, ``from_dict``, ``to_json``, ``summary``, ``flop_counts``, ``to_dot`` ...
+#: of models and compiled models, by name. Those modules register them at import
+#: (``import mithril_core`` imports them), so logical/ and physical/ never import them.
+INSPECT: dict[str, Callable[..., Any]] = {}
+
+
+def register_inspect(functions: Mapping[str, Callable[..., Any]]) -> None:
+    """Register inspect-layer functions the model methods call, by name."""
+    INSPECT.update(functions)
+
+
+def inspect_function(name: str) -> Callable[..., Any]:
+    """The registered inspect-layer function ``name``."""
+    try:
+        return INSPECT[name]
+    except KeyError:
+        msg = (
+            f"{name} is not registered: import mithril_core (it imports the inspect "
+            "modules mithril_core.logical.serialize, summary and dot) first."
+        )
+        raise MithrilError(msg) from None
+
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -163,9 +189,8 @@ class BaseModel:
     def to_dict(self) -> dict[str, Any]:
         """This model's definition as a JSON-safe dict (``Model.from_dict`` rebuilds
         it)."""
-        from mithril_core.logical.serialize import model_to_dict
-
-        return model_to_dict(self)
+        result: dict[str, Any] = inspect_function("model_to_dict")(self)
+        return result
 
     @staticmethod
     def from_dict(data: dict[str, Any], *, classes: Iterable[type] = ()) -> BaseModel:
@@ -178,16 +203,13 @@ class BaseModel:
         :param classes: your own model classes the document may name, e.g.
             ``classes=[ChannelShuffle]``.
         """
-        from mithril_core.logical.serialize import model_from_dict
-
-        return model_from_dict(data, classes=classes)
+        model: BaseModel = inspect_function("model_from_dict")(data, classes=classes)
+        return model
 
     def to_json(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> str:
         """:meth:`to_dict` as JSON text (``kwargs`` go to ``json.dumps``), also written
         to ``path`` when given."""
-        from mithril_core.logical.serialize import model_to_json
-
-        text = model_to_json(self, **kwargs)
+        text: str = inspect_function("model_to_json")(self, **kwargs)
         if path is not None:
             Path(path).write_text(text)
         return text
@@ -199,16 +221,13 @@ class BaseModel:
         """Rebuild a model from :meth:`to_json`'s text (a string starting with ``{``)
         or from a file holding it; see :meth:`from_dict` for ``classes`` and the
         checks."""
-        from mithril_core.logical.serialize import model_from_json
-
-        return model_from_json(source, classes=classes)
+        model: BaseModel = inspect_function("model_from_json")(source, classes=classes)
+        return model
 
     def summary(self) -> str:
         """Print and return a table of this model's tree: per model its type, input
         and output shapes (symbolic where unknown), parameters and estimated FLOPs."""
-        from mithril_core.logical.summary import logical_summary
-
-        text = logical_summary(self)
+        text: str = inspect_function("logical_summary")(self)
         print(text)
         return text
 
@@ -216,9 +235,8 @@ class BaseModel:
         """Estimated FLOPs of one forward call of this model and of every model below
         it, by :meth:`path`; ``None`` where a needed shape is unknown. A composite's
         count is the sum of its children's (see :meth:`Primitive.flops`)."""
-        from mithril_core.logical.summary import logical_flops
-
-        return logical_flops(self)
+        counts: dict[str, int | None] = inspect_function("logical_flops")(self)
+        return counts
 
 
 class Primitive(BaseModel):
@@ -517,13 +535,11 @@ class Model(BaseModel):
         if isinstance(value, str):
             return self._named(value)
         if isinstance(value, list | tuple) and _has_connection(value):
-            from mithril_core.primitives import ToList, ToTuple
-
             elements = [
                 self._resolve(v, term, child) if isinstance(v, str | Connection) else v
                 for v in value
             ]
-            maker = ToList if isinstance(value, list) else ToTuple
+            maker = operator("ToList" if isinstance(value, list) else "ToTuple")
             return self._adopt(maker(len(elements))(*elements))
         conn = Connection(model=self)
         try:
@@ -887,3 +903,14 @@ def _user_side(conn: Connection, owner: BaseModel) -> str:
     if producer is not None and producer is not owner:
         parts.append(f"from {producer.path()}.output")
     return f" ({', '.join(parts)})" if parts else ""
+
+
+class deep_recursion:  # noqa: N801 - used as a context manager
+    """Raise the recursion limit (to 200,000) while deep-copying a model tree."""
+
+    def __enter__(self) -> None:
+        self.limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.limit, 200_000))
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setrecursionlimit(self.limit)

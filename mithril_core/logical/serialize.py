@@ -46,7 +46,7 @@ from mithril_core.errors import (
     ModelDocumentError,
 )
 from mithril_core.logical.connection import NOVALUE, Connection, IOKey
-from mithril_core.logical.model import BaseModel, Model
+from mithril_core.logical.model import BaseModel, Model, register_inspect
 
 if TYPE_CHECKING:
     from mithril_core.plugins import Registry
@@ -883,3 +883,13 @@ def _encode_value(value: Any) -> Any:
         return value
     msg = f"Cannot serialize constructor argument {value!r} ({type(value).__name__})."
     raise TypeError(msg)
+
+
+register_inspect(
+    {
+        "model_to_dict": model_to_dict,
+        "model_from_dict": model_from_dict,
+        "model_to_json": model_to_json,
+        "model_from_json": model_from_json,
+    }
+)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from mithril_core.errors import ModelConnectionError
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import NOVALUE, Connection
-from mithril_core.logical.model import BaseModel, Model, Primitive
+from mithril_core.logical.model import BaseModel, Model, Primitive, register_inspect
 
 if TYPE_CHECKING:
     from mithril_core.physical.flat import Node
@@ -273,3 +273,13 @@ def _numel(shape: list[int | None] | None) -> int:
     for d in shape:
         total *= d  # type: ignore[operator]
     return total
+
+
+register_inspect(
+    {
+        "logical_summary": logical_summary,
+        "logical_flops": logical_flops,
+        "physical_summary": physical_summary,
+        "physical_flops": physical_flops,
+    }
+)

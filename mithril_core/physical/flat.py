@@ -7,21 +7,17 @@ needs, de-duplicate identical calls, fold what depends only on constants.
 from __future__ import annotations
 
 import hashlib
-import re
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mithril_core.errors import CompileError
 from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import NOVALUE, Connection
-from mithril_core.logical.model import BaseModel, Model, Primitive
-
-_IDENT = re.compile(r"[^0-9a-zA-Z_]")
+from mithril_core.logical.model import Model, Primitive
+from mithril_core.logical.naming import assign_names as assign_names
 
 
 @dataclass(eq=False)
@@ -71,63 +67,6 @@ class FlatGraph:
     inputs: dict[str, Value]
     outputs: dict[str, Value]
     values: dict[int, Value] = field(default_factory=dict)
-
-
-def assign_names(model: Model, aliases: dict[str, str] | None = None) -> dict[int, str]:
-    """Key of every connection root: the ``_``-joined path where it is first named,
-    walking the tree top-down (so the shallowest name wins). Keys keep only ASCII
-    letters, digits and ``_``; ``aliases`` (when given) gets each name that changed
-    -> its key. Two names that become one key are refused (:class:`CompileError`)."""
-    names: dict[int, str] = {}
-    taken: set[str] = set()
-    # Key -> the name it was made from where sanitizing changed it: two names that
-    # sanitize to one key ("a.b" and "a_b") must not silently share or swap slots.
-    raw_of: dict[str, str] = {}
-    queue: deque[tuple[BaseModel, str]] = deque([(model, "")])
-    while queue:
-        current, prefix = queue.popleft()
-        if isinstance(current, Primitive):
-            named = current._terminals.items()
-        else:
-            assert isinstance(current, Model)
-            named = current._conns.items()
-            for child in current._children:
-                child_prefix = f"{prefix}{child._child_name}_"
-                queue.append((child, child_prefix))
-        for name, conn in named:
-            root = conn.find()
-            if id(root) in names:
-                continue
-            raw = prefix + name
-            sanitized = _IDENT.sub("_", raw)
-            if sanitized in taken and (sanitized != raw or sanitized in raw_of):
-                _refuse_collision(model, raw, raw_of.get(sanitized, sanitized))
-            key = _unique(sanitized, taken)
-            if sanitized != raw:
-                raw_of[key] = raw
-                if aliases is not None:
-                    aliases[raw] = key
-            names[id(root)] = key
-            taken.add(key)
-    return names
-
-
-def _refuse_collision(model: Model, raw: str, other: str) -> None:
-    msg = (
-        f"{model.path()}: the names {other!r} and {raw!r} both become the key "
-        f"{_IDENT.sub('_', raw)!r} (keys keep only letters, digits and '_'), so data "
-        "for one could reach the other. Rename one of them."
-    )
-    raise CompileError(msg)
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    if name not in taken:
-        return name
-    index = 1
-    while f"{name}_{index}" in taken:
-        index += 1
-    return f"{name}_{index}"
 
 
 def flatten(model: Model, names: dict[int, str]) -> FlatGraph:

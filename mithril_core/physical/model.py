@@ -7,7 +7,6 @@ import builtins
 import copy
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import NOVALUE, Connection
 from mithril_core.logical.model import BaseModel, Model, solve
+from mithril_core.logical.model import deep_recursion as _deep_recursion
 from mithril_core.physical import flat
 from mithril_core.plugins import get_registry
 
@@ -351,15 +351,6 @@ class _PhaseTimer:
             len(graph.nodes),
             (time.perf_counter() - self.start) * 1e3,
         )
-
-
-class _deep_recursion:  # noqa: N801 - used as a context manager
-    def __enter__(self) -> None:
-        self.limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(self.limit, 200_000))
-
-    def __exit__(self, *exc: object) -> None:
-        sys.setrecursionlimit(self.limit)
 
 
 def _as_model(model: BaseModel) -> Model:

@@ -17,7 +17,7 @@ from mithril_core.errors import (
 )
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import Connection
-from mithril_core.logical.model import Model
+from mithril_core.logical.model import Model, inspect_function
 from mithril_core.physical import flat
 from mithril_core.physical.flat import FlatGraph
 from mithril_core.weights import DEFAULT_IGNORE, load_weights
@@ -126,25 +126,21 @@ class PhysicalModel:
 
     def to_dot(self) -> str:
         """Graphviz DOT of the flat graph (inputs, primitive calls, outputs)."""
-        from mithril_core.logical.dot import physical_to_dot
-
-        return physical_to_dot(self)
+        dot: str = inspect_function("physical_to_dot")(self)
+        return dot
 
     def summary(self) -> str:
         """Print and return a table of the compiled calls: op, shapes and estimated
         FLOPs, with the total, inputs, outputs and parameter count."""
-        from mithril_core.logical.summary import physical_summary
-
-        text = physical_summary(self)
+        text: str = inspect_function("physical_summary")(self)
         print(text)
         return text
 
     def flop_counts(self) -> dict[str, int | None]:
         """Estimated FLOPs of each compiled call in one forward evaluation, by node
         path (``None`` where a shape is unknown); their sum is the summary's total."""
-        from mithril_core.logical.summary import physical_flops
-
-        return physical_flops(self)
+        counts: dict[str, int | None] = inspect_function("physical_flops")(self)
+        return counts
 
     # -- parameters --------------------------------------------------------------------
     def randomize_params(self, seed: int = 0) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Core primitives, one declaration each (terminals, shape and type rules)."""
 
+from mithril_core.logical.connection import register_operators
 from mithril_core.primitives.elementwise import (
     Absolute,
     Add,
@@ -97,6 +98,51 @@ CORE_PRIMITIVES = (
     Pad, ScaledDotProduct, AbsoluteError, BinaryCrossEntropy, CrossEntropy,
     SoftCrossEntropy, SquaredError,
 )  # fmt: skip
+
+# The primitives connection expressions build (``a + b``, ``a[i]``, lists of
+# connections ...): registered with logical/ here, so logical/ never imports primitives.
+register_operators(
+    {
+        cls.__name__: cls
+        for cls in (
+            Absolute,
+            Add,
+            ArgMax,
+            Cast,
+            Divide,
+            Equal,
+            Exponential,
+            FloorDivide,
+            Greater,
+            GreaterEqual,
+            Indexer,
+            Less,
+            LessEqual,
+            Log,
+            LogicalAnd,
+            LogicalNot,
+            LogicalOr,
+            LogicalXor,
+            MatrixMultiply,
+            Max,
+            Mean,
+            Min,
+            Multiply,
+            Negate,
+            NotEqual,
+            Power,
+            Reshape,
+            Shape,
+            Sqrt,
+            Subtract,
+            Sum,
+            ToList,
+            ToTuple,
+            Transpose,
+            Variance,
+        )  # fmt: skip
+    }
+)
 
 # Literal, so type checkers see the re-exports (mithril_core.models re-exports them
 # with ``*``); tests check it names CORE_PRIMITIVES.

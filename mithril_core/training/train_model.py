@@ -24,8 +24,8 @@ from typing import Any
 
 from mithril_core.errors import MithrilError, ModelConnectionError, ShapeError
 from mithril_core.logical.connection import NOVALUE, Connection, IOKey
-from mithril_core.logical.model import BaseModel, Model, Primitive
-from mithril_core.physical import flat
+from mithril_core.logical.model import BaseModel, Model, Primitive, deep_recursion
+from mithril_core.logical.naming import assign_names
 from mithril_core.primitives import Absolute, Buffer, Mean, Multiply, Sum
 
 __all__ = ["L1", "L2", "TrainModel"]
@@ -422,7 +422,7 @@ class TrainModel(Model):
                 self._name_canonical("output")
                 name = next(n for n, c in self._conns.items() if c.find() is root)
                 self._exposed[name] = self._conns[name]
-        names = flat.assign_names(self)
+        names = assign_names(self)
         for conn in _tree_connections(self):
             root = conn.find()
             if root.producer is not None or root.value is not NOVALUE:
@@ -437,9 +437,7 @@ class TrainModel(Model):
 
 
 def _copy_model(model: BaseModel) -> BaseModel:
-    from mithril_core.physical.model import _deep_recursion
-
-    with _deep_recursion():
+    with deep_recursion():
         return copy.deepcopy(model)
 
 
