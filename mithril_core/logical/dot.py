@@ -33,7 +33,6 @@ def _quote(*lines: str) -> str:
 def model_to_dot(model: BaseModel) -> str:
     """The model tree: one cluster per composite, one node per primitive, edges along
     connections from producer to consumer."""
-    model._ensure_built()
     lines = ["digraph model {", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]
     producers: dict[int, str] = {}
     primitives: list[tuple[Primitive, str]] = []
@@ -44,7 +43,7 @@ def model_to_dot(model: BaseModel) -> str:
         if isinstance(current, Primitive):
             node_id = f"n{len(primitives)}"
             primitives.append((current, node_id))
-            producers[id(current._terminals["output"].find())] = node_id
+            producers[id(current.terminal("output").find())] = node_id
             label = _quote(path or current.op_name, current.op_name)
             lines.append(f"{indent}{node_id} [label={label}];")
             return
@@ -54,18 +53,16 @@ def model_to_dot(model: BaseModel) -> str:
         lines.append(
             f"{indent}  label={_quote(path or current.name or type(current).__name__)};"
         )
-        for child in current._children:
-            child_path = (
-                f"{path}_{child._child_name}" if path else str(child._child_name)
-            )
+        for child in current.children:
+            child_path = f"{path}_{child.child_name}" if path else str(child.child_name)
             visit(child, child_path, depth + 1)
         lines.append(f"{indent}}}")
 
     visit(model, "", 0)
     inputs: dict[int, str] = {}
     for primitive, node_id in primitives:
-        for name in primitive._inputs:
-            root = primitive._terminals[name].find()
+        for name in primitive.input_names():
+            root = primitive.terminal(name).find()
             source = producers.get(id(root))
             if source is None:
                 if root.producer is not None or root.value is not NOVALUE:
@@ -99,7 +96,7 @@ def physical_to_dot(pm: PhysicalModel) -> str:
         for position, value in enumerate(node.inputs):
             source = ids.get(id(value))
             if source is not None:
-                terminal = node.primitive._inputs[position]
+                terminal = node.primitive.input_names()[position]
                 lines.append(
                     f"  {source} -> {node_id} [label={_quote(terminal)}, fontsize=8];"
                 )

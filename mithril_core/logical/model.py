@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -115,6 +116,36 @@ class BaseModel:
 
     def _ensure_built(self) -> None:
         """Operators build their inner model lazily; others are always built."""
+
+    # -- public read-only view (what summary, dot, serialize and compile read) ---------
+    @property
+    def parent_model(self) -> Model | None:
+        """The model this one is a child of (``None`` at the top)."""
+        return self._parent
+
+    @property
+    def child_name(self) -> str | None:
+        """This model's name in its parent (``linear_0``); ``None`` at the top."""
+        return self._child_name
+
+    @property
+    def children(self) -> list[BaseModel]:
+        """Direct children in the order they were added (none for a primitive)."""
+        return []
+
+    def connections(self) -> Mapping[str, Connection]:
+        """Read-only name -> connection: a primitive's terminals, or every named
+        connection of a composite (its exposed keys, inputs and internal names)."""
+        raise NotImplementedError
+
+    def walk(self) -> Iterator[BaseModel]:
+        """This model and every model below it, depth first, parents before
+        children, children in the order they were added."""
+        stack: list[BaseModel] = [self]
+        while stack:
+            current = stack.pop()
+            yield current
+            stack.extend(reversed(current.children))
 
     # -- terminals (overridden) --------------------------------------------------------
     def terminal(self, name: str) -> Connection:
@@ -343,6 +374,9 @@ class Primitive(BaseModel):
 
     def input_names(self) -> list[str]:
         return self._inputs
+
+    def connections(self) -> Mapping[str, Connection]:
+        return MappingProxyType(self._terminals)
 
     @property
     def cin(self) -> Connection:
@@ -668,6 +702,16 @@ class Model(BaseModel):
 
     def output_names(self) -> list[str]:
         return [n for n in self._exposed if not n.startswith("__unnamed_")]
+
+    def connections(self) -> Mapping[str, Connection]:
+        self._ensure_built()
+        return MappingProxyType(self._conns)
+
+    def exposed(self) -> Mapping[str, Connection]:
+        """Read-only exposed key -> connection: the keys a compiled model takes or
+        returns by these names (unnamed outputs as ``__unnamed_<n>``)."""
+        self._ensure_built()
+        return MappingProxyType(self._exposed)
 
     @property
     def cin(self) -> Connection:

@@ -86,10 +86,10 @@ def _static_shape(conn: Connection, constant: Any = NOVALUE) -> tuple[int, ...] 
 def primitive_flops(primitive: Primitive) -> int | None:
     """:meth:`Primitive.flops` of a call in a logical model, with the shapes known now
     (0 when its output is already a constant: compile folds it)."""
-    output = primitive._terminals["output"]
+    output = primitive.terminal("output")
     if output.find().value is not NOVALUE:
         return 0
-    shapes = {n: _static_shape(primitive._terminals[n]) for n in primitive._inputs}
+    shapes = {n: _static_shape(primitive.terminal(n)) for n in primitive.input_names()}
     return primitive.flops(shapes, _static_shape(output))
 
 
@@ -98,7 +98,7 @@ def node_flops(node: Node) -> int | None:
     compiled inputs and output."""
     shapes = {
         name: _static_shape(value.conn, value.constant)
-        for name, value in zip(node.primitive._inputs, node.inputs, strict=True)
+        for name, value in zip(node.primitive.input_names(), node.inputs, strict=True)
     }
     return node.primitive.flops(shapes, _static_shape(node.output.conn))
 
@@ -111,7 +111,6 @@ def logical_flops(model: BaseModel) -> dict[str, int | None]:
     """Estimated forward FLOPs of ``model`` and every model below it, by
     :meth:`~BaseModel.path`: a primitive's from its ``flops`` rule, a composite's the
     sum of its children's (``None`` when any is unknown)."""
-    model._ensure_built()
     counts: dict[str, int | None] = {}
 
     def visit(current: BaseModel) -> int | None:
@@ -119,7 +118,7 @@ def logical_flops(model: BaseModel) -> dict[str, int | None]:
             count = primitive_flops(current)
         else:
             assert isinstance(current, Model)
-            count = _sum([visit(child) for child in current._children])
+            count = _sum([visit(child) for child in current.children])
         counts[current.path()] = count
         return count
 
@@ -147,8 +146,8 @@ def _param_count(model: BaseModel, data: Connection | None = None) -> int:
         assert isinstance(model, Model)
         primitives = list(model.primitives())
     for primitive, _ in primitives:
-        for name in primitive._inputs:
-            root = primitive._terminals[name].find()
+        for name in primitive.input_names():
+            root = primitive.terminal(name).find()
             if (
                 id(root) in seen
                 or root.producer is not None
@@ -182,10 +181,10 @@ def _terminals(model: Model) -> tuple[str, str]:
     output when a primitive inside ``model`` produces it, else an input."""
     inside = {id(p) for p, _ in model.primitives()}
     inputs, outputs = [], []
-    names = sorted(model._conns, key=lambda name: name != "input")  # input first
+    names = sorted(model.connections(), key=lambda name: name != "input")  # input first
     for name in names:
-        conn = model._conns[name]
-        if name.startswith("__") or name not in model._exposed:
+        conn = model.connections()[name]
+        if name.startswith("__") or name not in model.exposed():
             continue
         root = conn.find()
         if root.producer is not None and id(root.producer) in inside:
@@ -198,7 +197,6 @@ def _terminals(model: Model) -> tuple[str, str]:
 def logical_summary(model: BaseModel) -> str:
     """One row per child (recursively): path, type, inputs, outputs, parameters and
     estimated FLOPs (``?`` where a shape is unknown), then the totals."""
-    model._ensure_built()
     rows: list[tuple[str, ...]] = []
     flops = logical_flops(model)
     data = _canonical_input(model)
@@ -206,13 +204,13 @@ def logical_summary(model: BaseModel) -> str:
     def visit(current: BaseModel, depth: int) -> None:
         if isinstance(current, Primitive):
             inputs = ", ".join(
-                f"{n}: {_describe(current._terminals[n])}" for n in current._inputs
+                f"{n}: {_describe(current.terminal(n))}" for n in current.input_names()
             )
-            output = _describe(current._terminals["output"])
+            output = _describe(current.terminal("output"))
         else:
             assert isinstance(current, Model)
             inputs, output = _terminals(current)
-        label = current._child_name or current.name or type(current).__name__
+        label = current.child_name or current.name or type(current).__name__
         nested_primitive = isinstance(current, Primitive) and depth > 0
         params = "" if nested_primitive else f"{_param_count(current, data):,}"
         rows.append(
@@ -227,7 +225,7 @@ def logical_summary(model: BaseModel) -> str:
             )
         )
         if isinstance(current, Model):
-            for child in current._children:
+            for child in current.children:
                 visit(child, depth + 1)
 
     visit(model, 0)
