@@ -84,8 +84,8 @@ def flatten(model: Model, names: dict[int, str]) -> FlatGraph:
 
     nodes: list[Node] = []
     for primitive, path in model.primitives():
-        operands = [value_of(primitive._terminals[n]) for n in primitive._inputs]
-        output = value_of(primitive._terminals["output"])
+        operands = [value_of(primitive.terminal(n)) for n in primitive.input_names()]
+        output = value_of(primitive.terminal("output"))
         nodes.append(Node(primitive, path, operands, output))
     inputs: dict[str, Value] = {}
     for value in values.values():
@@ -140,13 +140,13 @@ def remove_buffers(graph: FlatGraph) -> None:
         node.inputs = [resolve(v) for v in node.inputs]
         constants = {
             name: v.constant
-            for name, v in zip(node.primitive._inputs, node.inputs, strict=True)
+            for name, v in zip(node.primitive.input_names(), node.inputs, strict=True)
             if v.is_constant
         }
         forwarded = node.primitive.forwarded_input(constants)
         if forwarded is not None:
             alias[id(node.output)] = node.inputs[
-                node.primitive._inputs.index(forwarded)
+                node.primitive.input_names().index(forwarded)
             ]
         else:
             kept.append(node)
@@ -252,7 +252,7 @@ def cast_promoted_floats(graph: FlatGraph, dtype_name: str) -> None:
         final = node.output
         node.output = Value(f"{final.name}_uncast", final.conn)
         cast = Cast(dtype=dtype_name)
-        dtype_terminal = cast._terminals["dtype"].find()
+        dtype_terminal = cast.terminal("dtype").find()
         dtype = Value(f"{final.name}_dtype", dtype_terminal, dtype_name)
         nodes.append(Node(cast, f"{node.path}_cast", [node.output, dtype], final))
     graph.nodes = nodes
@@ -269,10 +269,10 @@ def _cast_before(value: Value, dtype_name: str, node: Node, nodes: list[Node]) -
     from mithril_core.primitives import Cast
 
     cast = Cast(dtype=dtype_name)
-    output = cast._terminals["output"].find()
+    output = cast.terminal("output").find()
     output.restrict_type(frozenset({ty.TENSOR_FLOAT}))
     sh.unify(output.shape_node, value.conn.find().shape_node)
-    dtype = Value(f"{value.name}_dtype", cast._terminals["dtype"].find(), dtype_name)
+    dtype = Value(f"{value.name}_dtype", cast.terminal("dtype").find(), dtype_name)
     result = Value(f"{value.name}_{dtype_name}", output)
     nodes.append(Node(cast, f"{node.path}_cast_{value.name}", [value, dtype], result))
     return result
@@ -358,7 +358,7 @@ def index_checks(graph: FlatGraph) -> list[IndexCheck]:
         if spec is None:
             continue
         index_name, indexed_name, what, of, negative = spec
-        names = node.primitive._inputs
+        names = node.primitive.input_names()
         source = node.inputs[names.index(index_name)]
         while id(source) in producer and producer[id(source)].op in _INDEX_PRESERVING:
             source = producer[id(source)].inputs[0]

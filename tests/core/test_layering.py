@@ -183,7 +183,6 @@ MODEL_INTERNALS = ("logical/model.py", "logical/connection.py")
 NOT_YET_CONVERTED: dict[str, int] = {
     "training/train_model.py": 18,
     "physical/model.py": 13,
-    "physical/flat.py": 9,
     "logical/serialize.py": 9,
 }
 
