@@ -117,6 +117,11 @@ class BaseModel:
     def _ensure_built(self) -> None:
         """Operators build their inner model lazily; others are always built."""
 
+    def ensure_built(self) -> None:
+        """Build an operator's inner model now (it is built lazily, when called, added
+        or compiled); nothing for other models."""
+        self._ensure_built()
+
     # -- public read-only view (what summary, dot, serialize and compile read) ---------
     @property
     def parent_model(self) -> Model | None:
@@ -712,6 +717,20 @@ class Model(BaseModel):
         returns by these names (unnamed outputs as ``__unnamed_<n>``)."""
         self._ensure_built()
         return MappingProxyType(self._exposed)
+
+    def states(self) -> list[tuple[str, float, Connection | None]]:
+        """The inputs declared as state by :meth:`add_state` in this model (not its
+        children), as ``(name, init, updated)`` in declaration order."""
+        self._ensure_built()
+        return list(self._states)
+
+    @property
+    def last_output(self) -> Connection | None:
+        """The canonical output as last written by ``+=``/``|=`` (``None`` before
+        any child is added); unlike :attr:`cout`, no fallback to the exposed
+        ``output`` and no error."""
+        self._ensure_built()
+        return self._cout
 
     @property
     def cin(self) -> Connection:

@@ -74,8 +74,8 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
             f"got {backend!r}."
         )
         raise TypeError(msg)
-    model._ensure_built()
-    if model._parent is not None:
+    model.ensure_built()
+    if model.parent_model is not None:
         msg = f"{model.path()} is part of a larger model; compile the top model."
         raise CompileError(msg)
     timer = _PhaseTimer(model.path(), backend.name)
@@ -118,7 +118,7 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
                 )
                 raise InputKeyError(msg)
     for primitive, _ in top.primitives():
-        flag = primitive._terminals.get("inference")
+        flag = primitive.connections().get("inference")
         if flag is not None and flag.find().value is NOVALUE:
             flag.set_value(inference)
     states = _collect_states(top, names)
@@ -369,15 +369,15 @@ def _io(name: str) -> Any:
 
 
 def _all_connections(model: Model) -> list[Connection]:
-    conns: list[Connection] = list(model._conns.values())
+    conns: list[Connection] = list(model.connections().values())
     for primitive, _ in model.primitives():
-        conns.extend(primitive._terminals.values())
-    stack: list[BaseModel] = list(model._children)
+        conns.extend(primitive.connections().values())
+    stack: list[BaseModel] = list(model.children)
     while stack:
         child = stack.pop()
         if isinstance(child, Model):
-            conns.extend(child._conns.values())
-            stack.extend(child._children)
+            conns.extend(child.connections().values())
+            stack.extend(child.children)
     return conns
 
 
@@ -423,10 +423,10 @@ def _collect_states(
     while stack:
         current = stack.pop()
         if isinstance(current, Model):
-            for name, init, updated in current._states:
-                key = names[id(current._conns[name].find())]
+            for name, init, updated in current.states():
+                key = names[id(current.connections()[name].find())]
                 states[key] = (init, updated)
-            stack.extend(current._children)
+            stack.extend(current.children)
     return states
 
 
@@ -477,7 +477,7 @@ def _outputs(
     model: Model, graph: flat.FlatGraph, names: dict[int, str], discard: set[str]
 ) -> dict[str, flat.Value]:
     outputs: dict[str, flat.Value] = {}
-    for name, conn in model._exposed.items():
+    for name, conn in model.exposed().items():
         root = conn.find()
         if root.producer is None:  # an input or a constant: never an output
             continue
@@ -486,7 +486,7 @@ def _outputs(
             continue
         outputs[name] = graph.values[id(root)]
     if not outputs:
-        cout = model._cout
+        cout = model.last_output
         if cout is not None and cout.find().producer is not None:
             root = cout.find()
             key = names[id(root)]
