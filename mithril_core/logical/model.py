@@ -134,6 +134,12 @@ class BaseModel:
         return self._child_name
 
     @property
+    def init_args(self) -> Mapping[str, Any]:
+        """Read-only parameter name -> argument of the outermost constructor call
+        (what ``to_dict`` saves for a model class other than ``Model``)."""
+        return MappingProxyType(self.__dict__["_init_args"])
+
+    @property
     def children(self) -> list[BaseModel]:
         """Direct children in the order they were added (none for a primitive)."""
         return []
@@ -723,6 +729,25 @@ class Model(BaseModel):
         children), as ``(name, init, updated)`` in declaration order."""
         self._ensure_built()
         return list(self._states)
+
+    def additions(self) -> list[tuple[BaseModel, Mapping[str, Connection], bool]]:
+        """Every ``|=``/``+=`` step of this model in order, as ``(child, terminal ->
+        connection it was bound to, chain)`` (``chain`` is true for ``+=``); what
+        ``to_dict`` saves and :meth:`replay_addition` repeats."""
+        self._ensure_built()
+        return [
+            (child, MappingProxyType(targets), chain)
+            for child, targets, chain in self._log
+        ]
+
+    def replay_addition(
+        self, child: BaseModel, bindings: dict[str, Any], *, chain: bool
+    ) -> None:
+        """Add ``child`` with ``bindings`` (terminal -> connection, key name or
+        value) as one ``|=`` (``chain=False``) or ``+=`` (``chain=True``) step, one
+        transaction, as :meth:`additions` lists it; for ``from_dict``. Prefer
+        ``model |= child(...)`` in user code."""
+        self._add(child, bindings, chain=chain)
 
     @property
     def last_output(self) -> Connection | None:

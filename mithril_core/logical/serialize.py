@@ -56,9 +56,9 @@ FORMAT_VERSION = 1
 
 def model_to_dict(model: BaseModel) -> dict[str, Any]:
     """Describe ``model`` as a JSON-safe dict (see module docstring)."""
-    model._ensure_built()
+    model.ensure_built()
     if type(model) is not Model:
-        args = model.__dict__["_init_args"]
+        args = model.init_args
         for name, value in args.items():
             if isinstance(value, Connection):
                 msg = (
@@ -72,19 +72,19 @@ def model_to_dict(model: BaseModel) -> dict[str, Any]:
             "args": {k: _encode_value(v) for k, v in args.items()},
         }
     refs: dict[int, Any] = {}
-    for name, conn in model._conns.items():
+    for name, conn in model.connections().items():
         refs.setdefault(id(conn.find()), ["name", name])
     keys = {}
-    for name, conn in model._conns.items():
+    for name, conn in model.connections().items():
         if isinstance(conn, IOKey):
             keys[name] = {
                 "shape": _encode_value(conn.shape_template),
                 "type": None,
-                "expose": name in model._exposed,
+                "expose": name in model.exposed(),
             }
     steps = []
     fresh = 0
-    for index, (child, targets, chain) in enumerate(model._log):
+    for index, (child, targets, chain) in enumerate(model.additions()):
         bindings = {}
         for term, target in targets.items():
             root = target.find()
@@ -99,7 +99,7 @@ def model_to_dict(model: BaseModel) -> dict[str, Any]:
         steps.append(
             {
                 "model": model_to_dict(child),
-                "name": child._child_name,
+                "name": child.child_name,
                 "bindings": bindings,
                 "chain": chain,
             }
@@ -110,7 +110,7 @@ def model_to_dict(model: BaseModel) -> dict[str, Any]:
         "class": "Model",
         "name": model.name,
         "keys": keys,
-        "exposed": [n for n in model._exposed if not n.startswith("__")],
+        "exposed": [n for n in model.exposed() if not n.startswith("__")],
         "children": steps,
         "version": FORMAT_VERSION,
     }
@@ -690,7 +690,7 @@ class _Reader:
                     model, ref, at, shapes, exposed, children, fresh
                 )
             try:
-                model._add(child, bindings, chain=chain)
+                model.replay_addition(child, bindings, chain=chain)
             except Exception as exc:
                 msg = f"cannot add this child: {type(exc).__name__}: {exc}"
                 raise _fail(where, msg) from exc
@@ -739,7 +739,7 @@ class _Reader:
             raise _fail(path, msg)
         if kind == "name":
             name = _name(ref[1], _index(path, 1))
-            if name in model._conns:
+            if name in model.connections():
                 return name
             try:
                 if name in shapes:
