@@ -442,6 +442,30 @@ class Model(BaseModel):
         self._log: list[tuple[BaseModel, dict[str, Connection], bool]] = []
 
     # -- composition -------------------------------------------------------------------
+    def _take_over(self, inner: Model) -> None:
+        """Internal, for models that wrap another (``TrainModel``): make ``inner``'s
+        children, connections, exposed keys, canonical input/output, states, log
+        and implicit bindings this model's own (shared, not copied); ``inner`` is
+        left empty-handed and must not be used again. Connections still name
+        ``inner`` as their model; the caller renames them."""
+        for child in inner._children:
+            sh.record(child, "_parent")
+            child._parent = self
+        for attr in (
+            "_children",
+            "_conns",
+            "_exposed",
+            "_class_counts",
+            "_cin",
+            "_cout",
+            "_states",
+            "_log",
+        ):
+            sh.record(self, attr)
+            setattr(self, attr, getattr(inner, attr))
+        sh.record_items(self._implicit)
+        self._implicit.update(inner._implicit)
+
     def __ior__(self, other: BaseModel | Connection) -> Self:
         self._extend(other, chain=False)
         return self

@@ -88,10 +88,10 @@ class TrainModel(Model):
         if not isinstance(model, BaseModel):
             msg = f"TrainModel expects a model, got {type(model).__name__}."
             raise TypeError(msg)
-        if model._parent is not None:
+        if model.parent_model is not None:
             msg = f"TrainModel: {model.path()} is part of a larger model; wrap the top."
             raise ModelConnectionError(msg)
-        model._ensure_built()
+        model.ensure_built()
         if self.name is None:
             self.name = model.name
         self._adopt_model(_copy_model(model))
@@ -186,7 +186,7 @@ class TrainModel(Model):
             keys=None if keys is None else targets,
             **connections,
         )
-        model._ensure_built()
+        model.ensure_built()
         terms = []
         for target in targets:
             instance = _copy_model(model)
@@ -401,16 +401,7 @@ class TrainModel(Model):
             )
             inner = wrapper
         assert isinstance(inner, Model)
-        for child in inner._children:
-            child._parent = self
-        self._children = inner._children
-        self._conns = inner._conns
-        self._exposed = inner._exposed
-        self._class_counts = inner._class_counts
-        self._cin, self._cout = inner._cin, inner._cout
-        self._states = inner._states
-        self._log = inner._log
-        self._implicit.update(inner._implicit)
+        self._take_over(inner)
         for conn in _tree_connections(self):
             for node in (conn, conn.find()):
                 node.names = [(self if m is inner else m, n) for m, n in node.names]
@@ -442,12 +433,14 @@ def _copy_model(model: BaseModel) -> BaseModel:
 
 
 def _tree_connections(model: Model) -> Iterator[Connection]:
+    # Called while adopting, when TrainModel._ensure_built is a no-op (_finalized is
+    # still True), so reading connections() never finalizes early.
     stack: list[BaseModel] = [model]
     while stack:
         current = stack.pop()
         if isinstance(current, Primitive):
-            yield from current._terminals.values()
+            yield from current.connections().values()
         elif isinstance(current, Model):
-            yield from list(current._conns.values())
-            yield from list(current._exposed.values())
-            stack.extend(reversed(current._children))
+            yield from list(current.connections().values())
+            yield from list(current.exposed().values())
+            stack.extend(reversed(current.children))
