@@ -41,6 +41,18 @@ class Conv1D(Model):
         self._cin = self._conns["input"]
 
 
+def _sequence_input(
+    model: Model, n_embd: int | Connection, n_head: int | Connection
+) -> tuple[Connection, int | Connection, int | Connection]:
+    """The ``input`` ``[B, T, n_embd]`` of a GPT-2 block or attention layer, with its
+    sizes made inputs of ``model`` when symbolic (see :func:`symbolic_size`)."""
+    n_embd = symbolic_size(model, "n_embd", n_embd)
+    n_head = symbolic_size(model, "n_head", n_head)
+    x = IOKey("input", shape=[None, None, template_dim(n_embd)])
+    tie_dim(model, x, -1, n_embd)
+    return x, n_embd, n_head
+
+
 class GPT2Attention(Model):
     """Causal self-attention of GPT-2: fused ``c_attn`` (``[E, 3E]``) computing query,
     key and value, heads of ``E // n_head``, scale ``1 / sqrt(E // n_head)``, and
@@ -53,10 +65,7 @@ class GPT2Attention(Model):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        n_embd = symbolic_size(self, "n_embd", n_embd)
-        n_head = symbolic_size(self, "n_head", n_head)
-        x = IOKey("input", shape=[None, None, template_dim(n_embd)])
-        tie_dim(self, x, -1, n_embd)
+        x, n_embd, n_head = _sequence_input(self, n_embd, n_head)
         qkv = Conv1D(3 * n_embd, name="c_attn")(x)
         parts = Split(split_size=n_embd, axis=-1)(qkv)  # type: ignore[arg-type]
         q, k, v = (split_heads(parts[i], n_head) for i in range(3))
@@ -82,10 +91,7 @@ class GPT2Block(Model):
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
-        n_embd = symbolic_size(self, "n_embd", n_embd)
-        n_head = symbolic_size(self, "n_head", n_head)
-        x: Connection = IOKey("input", shape=[None, None, template_dim(n_embd)])
-        tie_dim(self, x, -1, n_embd)
+        x, n_embd, n_head = _sequence_input(self, n_embd, n_head)
         x = x + GPT2Attention(n_embd, n_head, name="attn")(LayerNorm(name="ln_1")(x))
         mlp = Model(name="mlp")
         # The sublayer is a model of its own: a symbolic size enters it as its input.
