@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 import keyword
 import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from mithril_core.errors import CompileError
 from mithril_core.logical import types as ty
+from mithril_core.logical.naming import ascii_identifier_chars
 from mithril_core.physical.flat import FlatGraph, Node, Value
 
 
@@ -69,7 +69,7 @@ class _Names:
 
     def fresh(self, base: str) -> str:
         """A new unique local name made from ``base``."""
-        base = _NOT_IDENTIFIER.sub("_", base) or "_"
+        base = ascii_identifier_chars(base) or "_"
         if base[0].isdigit():
             base = f"_{base}"
         if keyword.iskeyword(base) or base in self.reserved:
@@ -81,9 +81,6 @@ class _Names:
             index += 1
         self.used.add(name)
         return name
-
-
-_NOT_IDENTIFIER = re.compile(r"[^0-9a-zA-Z_]")
 
 
 def _function_name(op: str) -> str:

@@ -12,6 +12,12 @@ from mithril_core.logical.model import BaseModel, Model, Primitive
 _IDENT = re.compile(r"[^0-9a-zA-Z_]")
 
 
+def ascii_identifier_chars(name: str) -> str:
+    """``name`` with every character but ASCII letters, digits and ``_`` made ``_``
+    (keys and generated local names)."""
+    return _IDENT.sub("_", name)
+
+
 def assign_names(model: Model, aliases: dict[str, str] | None = None) -> dict[int, str]:
     """Key of every connection root: the ``_``-joined path where it is first named,
     walking the tree top-down (so the shallowest name wins). Keys keep only ASCII
@@ -38,7 +44,7 @@ def assign_names(model: Model, aliases: dict[str, str] | None = None) -> dict[in
             if id(root) in names:
                 continue
             raw = prefix + name
-            sanitized = _IDENT.sub("_", raw)
+            sanitized = ascii_identifier_chars(raw)
             if sanitized in taken and (sanitized != raw or sanitized in raw_of):
                 _refuse_collision(model, raw, raw_of.get(sanitized, sanitized))
             key = _unique(sanitized, taken)
@@ -54,8 +60,8 @@ def assign_names(model: Model, aliases: dict[str, str] | None = None) -> dict[in
 def _refuse_collision(model: Model, raw: str, other: str) -> None:
     msg = (
         f"{model.path()}: the names {other!r} and {raw!r} both become the key "
-        f"{_IDENT.sub('_', raw)!r} (keys keep only letters, digits and '_'), so data "
-        "for one could reach the other. Rename one of them."
+        f"{ascii_identifier_chars(raw)!r} (keys keep only letters, digits and '_'), "
+        "so data for one could reach the other. Rename one of them."
     )
     raise CompileError(msg)
 
