@@ -896,29 +896,26 @@ class Operator(Model):
     def _ensure_built(self) -> None:
         if self.__dict__.get("_built", True):
             return
+        # Recorded like the rest: a build inside a step that fails is undone whole,
+        # and the operator builds again when next used.
+        sh.record(self, "_built")
         self._built = True
         inner = self.create_model()
         if not isinstance(inner, Model):
             msg = f"{type(self).__name__}.create_model() must return a Model."
             raise TypeError(msg)
         inner._ensure_built()
-        for child in inner._children:
-            child._parent = self
-        self._children = inner._children
-        self._conns = inner._conns
-        self._exposed = inner._exposed
-        self._class_counts = inner._class_counts
-        self._cin, self._cout = inner._cin, inner._cout
-        self._states = inner._states
-        self._log = inner._log
-        self._implicit.update(inner._implicit)
+        self._take_over(inner)
         for conn in self._conns.values():
             root = conn.find()
+            sh.record(root, "names")
             root.names = [(self if m is inner else m, n) for m, n in root.names]
             if conn.model is inner:
+                sh.record(conn, "model")
                 conn.model = self
         for conn in self._exposed.values():
             if conn.model is inner:
+                sh.record(conn, "model")
                 conn.model = self
 
 
