@@ -60,6 +60,15 @@ class Node:
     def op(self) -> str:
         return self.primitive.op_name
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The primitive's input terminal names, in the order of ``inputs``."""
+        return tuple(self.primitive.input_names())
+
+    def input(self, name: str) -> Value:
+        """The value bound to input terminal ``name``."""
+        return self.inputs[self.input_names.index(name)]
+
 
 @dataclass
 class FlatGraph:
