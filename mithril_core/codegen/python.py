@@ -193,7 +193,7 @@ class PythonCodegen:
         requires: set[int] = set(grad_ids)
         for node in graph.nodes:
             if (
-                node.primitive.differentiable
+                node.differentiable
                 and any(id(v) in requires for v in node.inputs)
                 and _is_float(node.output)
             ):

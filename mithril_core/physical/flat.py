@@ -65,6 +65,11 @@ class Node:
         """The primitive's input terminal names, in the order of ``inputs``."""
         return tuple(self.primitive.input_names())
 
+    @property
+    def differentiable(self) -> bool:
+        """Whether gradients flow through this call (``stop_gradient`` ... do not)."""
+        return self.primitive.differentiable
+
     def input(self, name: str) -> Value:
         """The value bound to input terminal ``name``."""
         return self.inputs[self.input_names.index(name)]
