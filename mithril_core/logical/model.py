@@ -267,10 +267,11 @@ class BaseModel:
         return model
 
     def summary(self) -> str:
-        """Print and return a table of this model's tree: per model its type, input
-        and output shapes (symbolic where unknown), parameters and estimated FLOPs."""
+        """A table of this model's tree: per model its type, input and output shapes
+        (symbolic where unknown), parameters and estimated FLOPs (``?`` where a shape
+        is not known yet). Returned, not printed: a REPL shows it as the table;
+        ``print(model.summary())`` in a script."""
         text: str = inspect_function("logical_summary")(self)
-        print(text)
         return text
 
     def flop_counts(self) -> dict[str, int | None]:

@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 _UNITS = ("", " K", " M", " G", " T", " P", " E")
 
 
+class Summary(str):
+    """The text of a ``summary()`` table. Its ``repr`` is the table itself, so a REPL
+    or notebook shows ``model.summary()`` once, as a table; ``print`` it in a
+    script."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 def _table(
     header: tuple[str, ...],
     rows: list[tuple[str, ...]],
@@ -152,20 +163,22 @@ def _param_count(model: BaseModel, data: Connection | None = None) -> int:
                 id(root) in seen
                 or root.producer is not None
                 or root.value is not NOVALUE
+                or ty.TENSOR_FLOAT not in root.types
             ):
                 continue
             seen.add(id(root))
             values = root.shape_node.values()
-            if (
-                ty.TENSOR_FLOAT in root.types
-                and values is not None
-                and None not in values
-            ):
-                count = 1
-                for v in values:
-                    count *= v  # type: ignore[operator]
-                total += count
+            if values is None or None in values:
+                return None
+            count = 1
+            for v in values:
+                count *= v  # type: ignore[operator]
+            total += count
     return total
+
+
+def _format_count(count: int | None) -> str:
+    return "?" if count is None else f"{count:,}"
 
 
 def _canonical_input(model: BaseModel) -> Connection | None:
@@ -194,7 +207,7 @@ def _terminals(model: Model) -> tuple[str, str]:
     return ", ".join(inputs), ", ".join(outputs)
 
 
-def logical_summary(model: BaseModel) -> str:
+def logical_summary(model: BaseModel) -> Summary:
     """One row per child (recursively): path, type, inputs, outputs, parameters and
     estimated FLOPs (``?`` where a shape is unknown), then the totals."""
     rows: list[tuple[str, ...]] = []
@@ -212,7 +225,7 @@ def logical_summary(model: BaseModel) -> str:
             inputs, output = _terminals(current)
         label = current.child_name or current.name or type(current).__name__
         nested_primitive = isinstance(current, Primitive) and depth > 0
-        params = "" if nested_primitive else f"{_param_count(current, data):,}"
+        params = "" if nested_primitive else _format_count(_param_count(current, data))
         rows.append(
             (
                 "  " * depth + label,
@@ -231,7 +244,7 @@ def logical_summary(model: BaseModel) -> str:
     visit(model, 0)
     total = ("total", "", "", "", rows[0][-2], rows[0][-1])
     header = ("model", "type", "inputs", "outputs", "params", "flops")
-    return _table(header, rows, total, numeric=2)
+    return Summary(_table(header, rows, total, numeric=2))
 
 
 def physical_flops(pm: PhysicalModel) -> dict[str, int | None]:
@@ -240,7 +253,7 @@ def physical_flops(pm: PhysicalModel) -> dict[str, int | None]:
     return {node.path: node_flops(node) for node in pm.graph.nodes}
 
 
-def physical_summary(pm: PhysicalModel) -> str:
+def physical_summary(pm: PhysicalModel) -> Summary:
     """One row per flat-graph node: path, op, input and output shapes, estimated
     FLOPs; then the total FLOPs of a forward evaluation."""
     rows: list[tuple[str, ...]] = []
@@ -258,7 +271,7 @@ def physical_summary(pm: PhysicalModel) -> str:
     params = sum(
         _numel(pm.graph.inputs[k].shape()) for k in (*pm.trainable_keys, *pm.state_keys)
     )
-    return (
+    return Summary(
         f"{body}\n\nbackend: {pm.backend!r}\ninputs: {list(pm.input_keys)}\n"
         f"outputs: {list(pm.output_keys)}\ntrainable parameters: {params:,}"
     )

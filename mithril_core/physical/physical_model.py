@@ -10,6 +10,7 @@ import numpy as np
 
 from mithril_core.backends.base import Backend, Evaluator, Program
 from mithril_core.errors import (
+    CompileError,
     DtypeError,
     IndexRangeError,
     InputKeyError,
@@ -397,6 +398,34 @@ class PhysicalModel:
             f"<PhysicalModel {self.logical_model.path()} on {self.backend!r}: "
             f"inputs={list(self.input_keys)}, outputs={list(self.output_keys)}>"
         )
+
+    def export_c(
+        self,
+        directory: str | os.PathLike[str],
+        params: Mapping[str, Any],
+        *,
+        inputs: tuple[str, ...] | None = None,
+    ) -> Any:
+        """Write this model as standalone C (no Python at run time) into
+        ``directory``: ``model.c``, ``model.h`` (create / input / run / output /
+        free), the kernels, a weights file holding ``params`` and a Makefile.
+        Inference forward only, for the compiled shapes; only the C backend exports.
+
+        :param directory: created if missing.
+        :param params: values of every input that is not a run-time input (the
+            parameters given to ``evaluate``).
+        :param inputs: the run-time inputs; default ``data_keys``.
+        :returns: the backend's description of the export (files, inputs, outputs,
+            build command)."""
+        export = getattr(self.backend, "export_c", None)
+        if export is None:
+            msg = (
+                f"export_c: backend {self.backend.name!r} cannot export standalone C; "
+                "compile the model with ml.backend('c') (pip install mithril-c) and "
+                "export that."
+            )
+            raise CompileError(msg)
+        return export(self, directory, params, inputs=inputs)
 
 
 def _dtype_kind(name: str) -> str:

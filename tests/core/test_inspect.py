@@ -24,9 +24,8 @@ def parse_dot(text):
     return nodes, edges
 
 
-def test_logical_summary_lists_children_shapes_and_params(capsys):
+def test_logical_summary_lists_children_shapes_and_params():
     text = build().summary()
-    assert capsys.readouterr().out.strip() == text.strip()
     lines = text.splitlines()
     assert lines[0].split() == ["model", "type", "inputs", "outputs", "params", "flops"]
     row = next(line for line in lines if line.strip().startswith("linear_0 "))
@@ -35,13 +34,73 @@ def test_logical_summary_lists_children_shapes_and_params(capsys):
     assert top.split()[-2] == f"{8 * 4 + 8 + 3 * 8 + 3}"
 
 
-def test_physical_summary_lists_nodes(capsys):
+def test_physical_summary_lists_nodes():
     pm = ml.compile(
         build(), ml.NumpyBackend(), shapes={"input": [2, 4]}, data_keys={"input"}
     )
     text = pm.summary()
     assert "linear_0_matrix_multiply_0  matrix_multiply  [2, 4], [4, 8]" in text
     assert "trainable parameters: 67" in text
+
+
+def readme_mlp(input_shape=None):
+    """The README's ``custom_mlp``: 16 * 4 + 16 + 3 * 16 + 3 = 131 parameters."""
+    model = Model(name="custom_mlp")
+    model += Linear(16)(input=IOKey("input", shape=input_shape))
+    model += Relu()
+    model += Linear(3)(output=IOKey("output"))
+    return model
+
+
+def params_column(text):
+    """``{row label: params cell}`` of a logical summary's top-level rows (the root,
+    its children and the total), cut at the column boundaries of the rule line."""
+    lines = text.splitlines()
+    spans = [m.span() for m in re.finditer(r"-+", lines[1])]
+    label, params = spans[0], spans[-2]
+    cells = {}
+    for line in lines[2:]:
+        name = line[label[0] : label[1]]
+        if line.startswith("-") or name.startswith("    "):
+            continue
+        cells[name.strip()] = line[params[0] : params[1]].strip()
+    return cells
+
+
+def test_summary_shows_unknown_parameter_counts_as_question_marks():
+    # linear_0's weight is [16, ?] until the input's feature size is known: its
+    # count, the model's and the total are unknown, not the 67 known elements.
+    before = params_column(readme_mlp().summary())
+    assert before == {
+        "custom_mlp": "?",
+        "linear_0": "?",
+        "relu_0": "",
+        "linear_1": f"{3 * 16 + 3}",
+        "total": "?",
+    }
+    after = params_column(readme_mlp([8, 4]).summary())
+    assert after == {
+        "custom_mlp": "131",
+        "linear_0": f"{16 * 4 + 16}",
+        "relu_0": "",
+        "linear_1": "51",
+        "total": "131",
+    }
+
+
+def test_summary_is_returned_once_not_printed(capsys):
+    model = readme_mlp([8, 4])
+    text = model.summary()
+    pm = ml.compile(model, ml.NumpyBackend(), data_keys={"input"})
+    compiled = pm.summary()
+    assert capsys.readouterr().out == ""
+    # What a REPL or notebook shows for the returned value: the table itself, once.
+    assert repr(text) == str(text) and text.count("custom_mlp") == 1
+    assert repr(compiled) == str(compiled)
+    assert compiled.count("trainable parameters: 131") == 1
+    assert isinstance(text, str) and isinstance(compiled, str)
+    print(text)
+    assert capsys.readouterr().out == text + "\n"
 
 
 def test_dot_of_model_tree_is_well_formed():

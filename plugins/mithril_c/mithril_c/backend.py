@@ -21,6 +21,7 @@ Runtime contract (documented for users):
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -209,6 +210,35 @@ class CBackend(Backend):
             return forward_backward(inputs, output_gradients)
 
         return evaluate
+
+    def export_c(
+        self,
+        model: Any,
+        directory: str | os.PathLike[str],
+        params: Mapping[str, Any],
+        *,
+        inputs: tuple[str, ...] | None = None,
+    ) -> Any:
+        """Write ``model`` (compiled for this backend, every shape known) as
+        standalone C into ``directory``: ``model.c`` (the generated forward and the
+        API), ``model.h`` (the documented API: ``model_create(weights_path)``,
+        ``model_input``, ``model_run``, ``model_output``, ``model_free``), the
+        kernels, ``model.weights`` (``params`` and the model's constants) and a
+        ``Makefile`` linking OpenBLAS. Inference forward only; nothing of Python or
+        cffi runs in the result.
+
+        :param model: the compiled model (``pm``).
+        :param directory: created if missing; the files above are overwritten.
+        :param params: a value for every input that is not a run-time input (the
+            parameters given to ``evaluate``), stored in the weights file.
+        :param inputs: the run-time inputs, set through ``model_input`` before each
+            ``model_run``; default the compile's ``data_keys``.
+        :returns: a :class:`mithril_c._export.CExport`: the files, the inputs and
+            outputs (names, shapes, dtypes) and the one ``cc`` command.
+        """
+        from mithril_c._export import export
+
+        return export(self, model, directory, params, inputs)
 
 
 class _Specializations:
