@@ -22,7 +22,16 @@ from mithril_core.errors import (  # noqa: E402
     InputKeyError,
     ShapeError,
 )
-from mithril_core.models import Linear, Model, Relu, Sigmoid, resnet18  # noqa: E402
+from mithril_core.models import (  # noqa: E402
+    Buffer,
+    IOKey,
+    Linear,
+    Model,
+    Relu,
+    Reshape,
+    Sigmoid,
+    resnet18,
+)
 from mithril_core.models.gpt import gpt2  # noqa: E402
 
 RNG = np.random.default_rng(0)
@@ -146,6 +155,7 @@ def check_export(
     *,
     make: bool = False,
     atol: float = 1e-5,
+    dtype: str = "float32",
 ) -> tuple[Any, Path]:
     """Export ``model`` (compiled for C), build and run it; compare with NumPy."""
     options: dict[str, Any] = {
@@ -153,7 +163,7 @@ def check_export(
         "data_keys": set(data),
         "inference": True,
     }
-    pm = ml.compile(model, ml.backend("c"), **options)
+    pm = ml.compile(model, ml.backend("c", dtype=dtype), **options)
     params = pm.randomize_params(seed=1)
     export = pm.export_c(tmp_path / "export", params)
     assert [s.name for s in export.inputs] == list(data)
@@ -162,7 +172,7 @@ def check_export(
     result, outputs = run(export, program, data)
     assert result.returncode == 0, result.stderr
 
-    reference = ml.compile(model, ml.backend("numpy", dtype="float32"), **options)
+    reference = ml.compile(model, ml.backend("numpy", dtype=dtype), **options)
     expected = reference.evaluate(params, data)
     same_code = pm.evaluate(params, data)
     assert set(outputs) == set(expected)
@@ -198,6 +208,28 @@ def test_mlp_export_runs_standalone(tmp_path: Path) -> None:
     for api in ("model_create", "model_run", "model_input", "model_output"):
         assert api in header
     assert "Inference forward only" in header
+
+
+@needs_cc
+def test_float64_export_runs_standalone(tmp_path: Path) -> None:
+    x = RNG.standard_normal((5, 4))
+    export, _ = check_export(
+        mlp(), {"input": [5, 4]}, {"input": x}, tmp_path, dtype="float64", atol=1e-12
+    )
+    assert "-DMC_REAL=double" in export.cflags
+
+
+@needs_cc
+def test_outputs_that_alias_inputs_and_each_other(tmp_path: Path) -> None:
+    """Outputs bound to their own buffer, copied from another output, from a
+    reshape's storage and from an input."""
+    model = Model()
+    model |= Relu()(input="input", output=IOKey("a"))
+    model |= Buffer()(input="a", output=IOKey("b"))
+    model |= Reshape(shape=(8,))(input="a", output=IOKey("flat"))
+    model |= Buffer()(input="input", output=IOKey("same"))
+    x = RNG.standard_normal((2, 4)).astype(np.float32)
+    check_export(model, {"input": [2, 4]}, {"input": x}, tmp_path)
 
 
 @needs_cc
