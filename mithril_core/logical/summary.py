@@ -146,9 +146,10 @@ def _describe(conn: Connection) -> str:
     return ty.format_type(root.types)
 
 
-def _param_count(model: BaseModel, data: Connection | None = None) -> int:
-    """Elements of the free float tensor inputs with known shapes used below
-    ``model`` (its parameters), not counting ``data`` (the root's canonical input)."""
+def _param_count(model: BaseModel, data: Connection | None = None) -> int | None:
+    """Elements of the free float tensor inputs used below ``model`` (its
+    parameters), not counting ``data`` (the root's canonical input); ``None`` while
+    any of their shapes is not fully known (a partial sum would look exact)."""
     seen: set[int] = set() if data is None else {id(data.find())}
     total = 0
     if isinstance(model, Primitive):
