@@ -131,10 +131,10 @@ class PhysicalModel:
         return dot
 
     def summary(self) -> str:
-        """Print and return a table of the compiled calls: op, shapes and estimated
-        FLOPs, with the total, inputs, outputs and parameter count."""
+        """A table of the compiled calls: op, shapes and estimated FLOPs, with the
+        total, inputs, outputs and parameter count. Returned, not printed (as
+        :meth:`Model.summary`)."""
         text: str = inspect_function("physical_summary")(self)
-        print(text)
         return text
 
     def flop_counts(self) -> dict[str, int | None]:
