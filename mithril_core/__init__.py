@@ -49,6 +49,7 @@ _LAZY_BACKENDS = {
     "JaxBackend": "jax",
     "MlxBackend": "mlx",
     "CBackend": "c",
+    "OnnxBackend": "onnx",
 }
 
 
@@ -102,6 +103,16 @@ def __getattr__(name: str) -> Any:
         from mithril_core.parity import check_parity
 
         return check_parity
+    if name == "to_onnx":
+        try:
+            from mithril_onnx.export import to_onnx
+        except ImportError as exc:
+            msg = (
+                "ml.to_onnx needs the mithril-onnx plugin: python -m pip install -e "
+                f"./plugins/mithril_onnx (or pip install mithril-onnx); {exc}"
+            )
+            raise MissingBackendError(msg) from exc
+        return to_onnx
     if name == "models":
         import mithril_core.models as models
 
@@ -118,6 +129,7 @@ __all__ = [
     "MithrilError",
     "MlxBackend",
     "NumpyBackend",
+    "OnnxBackend",
     "PluginError",
     "ShapeError",
     "TorchBackend",
@@ -128,6 +140,7 @@ __all__ = [
     "bool_",
     "compile",
     "to_dot",
+    "to_onnx",
     "to_svg",
     "float16",
     "float32",

@@ -1,10 +1,13 @@
 """Shared fixtures: every installed backend, found at collection time.
 
-A test that takes ``backend_name`` runs once per installed backend, so a newly installed
-backend plugin joins every such test with no test edits. A test that also takes
-``float_dtype`` runs once per (backend, float dtype the backend supports) pair, float64
-first. Cases marked as known gaps (``known_gaps`` of a ``case`` parameter) are xfailed
-at collection, strictly, so that a fixed gap shows up as a failure to clean up.
+A test that takes ``backend_name`` runs once per installed backend with gradients, so
+a newly installed backend plugin joins every such test with no test edits.
+Inference-only backends (class attribute ``supports_gradients = False``, e.g. ``onnx``)
+run the tests that take ``inference_backend_name`` instead: forward passes only. A test
+that also takes ``float_dtype`` runs once per (backend, float dtype the backend
+supports) pair, float64 first. Cases marked as known gaps (``known_gaps`` of a
+``case`` parameter) are xfailed at collection, strictly, so that a fixed gap shows up
+as a failure to clean up.
 """
 
 from __future__ import annotations
@@ -21,8 +24,29 @@ FLOAT_DTYPES = ("float64", "float32")
 
 
 @cache
-def backend_names() -> tuple[str, ...]:
+def all_backend_names() -> tuple[str, ...]:
     return tuple(ml.available_backends())
+
+
+def supports_gradients(name: str) -> bool:
+    """Whether backend ``name`` computes gradients (``supports_gradients``, default
+    ``True``)."""
+    from mithril_core.plugins import get_registry
+
+    return bool(getattr(get_registry().backend_class(name), "supports_gradients", True))
+
+
+@cache
+def backend_names() -> tuple[str, ...]:
+    """The installed backends with gradients: what ``backend_name`` runs over."""
+    return tuple(n for n in all_backend_names() if supports_gradients(n))
+
+
+@cache
+def inference_backend_names() -> tuple[str, ...]:
+    """The installed inference-only backends: what ``inference_backend_name`` runs
+    over."""
+    return tuple(n for n in all_backend_names() if not supports_gradients(n))
 
 
 def float_dtypes(name: str) -> tuple[str, ...]:
@@ -46,19 +70,21 @@ def make_backend() -> Callable[..., Any]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "backend_name" not in metafunc.fixturenames or _parametrizes(
-        metafunc, "backend_name"
+    for fixture, names in (
+        ("backend_name", backend_names),
+        ("inference_backend_name", inference_backend_names),
     ):
-        return
-    if "float_dtype" in metafunc.fixturenames:
-        pairs = [(n, d) for n in backend_names() for d in float_dtypes(n)]
-        metafunc.parametrize(
-            ("backend_name", "float_dtype"),
-            pairs,
-            ids=[f"{n}-{d}" for n, d in pairs],
-        )
-    else:
-        metafunc.parametrize("backend_name", backend_names())
+        if fixture not in metafunc.fixturenames or _parametrizes(metafunc, fixture):
+            continue
+        if "float_dtype" in metafunc.fixturenames:
+            pairs = [(n, d) for n in names() for d in float_dtypes(n)]
+            metafunc.parametrize(
+                (fixture, "float_dtype"),
+                pairs,
+                ids=[f"{n}-{d}" for n, d in pairs],
+            )
+        else:
+            metafunc.parametrize(fixture, names())
 
 
 def _parametrizes(metafunc: pytest.Metafunc, name: str) -> bool:
@@ -95,7 +121,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if callspec is None:
             continue
         case = callspec.params.get("case")
-        name = callspec.params.get("backend_name", callspec.params.get("jit_backend"))
+        name = next(
+            (
+                callspec.params[k]
+                for k in ("backend_name", "inference_backend_name", "jit_backend")
+                if k in callspec.params
+            ),
+            None,
+        )
         gaps = getattr(case, "known_gaps", None)
         if not gaps or name is None:
             continue

@@ -427,6 +427,47 @@ class PhysicalModel:
             raise CompileError(msg)
         return export(self, directory, params, inputs=inputs)
 
+    def to_onnx(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        *,
+        params_as_inputs: bool = False,
+        input_dtypes: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Export the compiled forward graph as an ONNX model (the newest opset the
+        installed ``onnx`` supports) and write it to ``path`` when given.
+
+        Inputs and outputs are named by the model's keys; unknown dims are symbolic
+        (``batch`` for a first dim). Parameters and state (every key of
+        ``trainable_keys`` and ``state_keys``) are initializers holding ``params``,
+        in the backend's float dtype, or graph inputs with ``params_as_inputs=True``
+        (then give no ``params``). An input the model allows as several kinds
+        (float, int, bool) is exported as the first of those it allows, unless
+        ``input_dtypes`` (key -> NumPy dtype) says. Needs the ``mithril-onnx``
+        plugin.
+
+        :returns: the ``onnx.ModelProto``.
+        :raises MissingLoweringError: naming each primitive (and its model path)
+            that has no ONNX lowering or that ONNX cannot express."""
+        from mithril_core.errors import MissingBackendError
+
+        try:
+            from mithril_onnx.export import export_model
+        except ImportError as exc:
+            msg = (
+                "to_onnx needs the mithril-onnx plugin: python -m pip install -e "
+                f"./plugins/mithril_onnx (or pip install mithril-onnx); {exc}"
+            )
+            raise MissingBackendError(msg) from exc
+        return export_model(
+            self,
+            None if path is None else os.fspath(path),
+            params=params,
+            params_as_inputs=params_as_inputs,
+            input_dtypes=input_dtypes,
+        )
+
 
 def _dtype_kind(name: str) -> str:
     if "float" in name:
