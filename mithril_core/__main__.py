@@ -18,7 +18,18 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
+from mithril_core.errors import MSG_MISSING_DEPENDENCY, MissingBackendError
+
 COMMANDS = ("ops", "plugins", "demo")
+
+_INSTALL_ALL = "python -m pip install -r requirements-dev.txt"
+# Modules that come with one extra or one framework, by top-level name.
+_INSTALL = {
+    "sklearn": 'python -m pip install -e ".[demo]"',
+    "torch": (
+        "python -m pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    ),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,14 +40,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command == "ops":
-        return _ops(rest)
-    if command == "plugins":
-        return _plugins(rest)
-    if command == "demo":
-        return _demo(rest)
-    print(f"unknown command {command!r}\n{_usage()}", file=sys.stderr)
-    return 2
+    handlers = {"ops": _ops, "plugins": _plugins, "demo": _demo}
+    if command not in handlers:
+        print(f"unknown command {command!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    # A missing backend or dependency is the user's install, not a bug: one line
+    # saying what to run instead of a traceback.
+    try:
+        return handlers[command](rest)
+    except MissingBackendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if not top or top.startswith("mithril"):
+            raise
+        command_line = _INSTALL.get(top, _INSTALL_ALL)
+        print(
+            "error: " + MSG_MISSING_DEPENDENCY.format(error=exc, command=command_line),
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _usage() -> str:
@@ -111,11 +135,13 @@ def _ops(argv: Sequence[str]) -> int:
     if args.backend:
         unknown = sorted(set(args.backend) - set(backends))
         if unknown:
-            print(
-                f"unknown backend(s) {', '.join(unknown)}; installed: "
-                f"{', '.join(backends)}",
-                file=sys.stderr,
-            )
+            from mithril_core.plugins import get_registry
+
+            for name in unknown:
+                try:
+                    get_registry().backend_class(name)
+                except MissingBackendError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
             return 2
         backends = [b for b in backends if b in args.backend]
     shown = {

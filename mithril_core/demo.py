@@ -33,7 +33,10 @@ def load_data(seed: int) -> tuple[np.ndarray, ...]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
-        msg = "The demo needs scikit-learn: pip install 'mithril-core[demo]'."
+        msg = (
+            "error: the demo needs scikit-learn; install it from the root of the "
+            'mithril_core checkout with `python -m pip install -e ".[demo]"`.'
+        )
         raise SystemExit(msg) from exc
     digits = load_digits()
     x = digits.data / 16.0

@@ -60,8 +60,30 @@ class ModelDocumentError(MithrilError, ValueError):
 
 
 MSG_INSTALL_BACKEND = (
-    "Backend {name!r} is not installed. Install it with `pip install mithril-{name}` "
-    "(installed backends: {installed})."
+    "Backend {name!r} is not installed (installed backends: {installed}). {hint}"
+)
+
+# The backend plugins are not on a public index: they are installed from a checkout
+# of the repository, from its root.
+MSG_INSTALL_PLUGIN = (
+    "Its plugin is the distribution 'mithril-{name}' in plugins/mithril_{name} of "
+    "this checkout; install it from the checkout's root with "
+    "`python -m pip install -e ./plugins/mithril_{name}` (every backend: "
+    "`python -m pip install -r requirements-dev.txt`)."
+)
+
+MSG_NO_PLUGIN = (
+    "No plugin of the mithril_core checkout provides it (a 'mithril-{name}' "
+    "distribution would be plugins/mithril_{name}). The repository's backends are "
+    "installed from the root of its checkout with "
+    "`python -m pip install -e ./plugins/mithril_<name>`, "
+    "all of them with `python -m pip install -r requirements-dev.txt`; any other "
+    "backend comes from its own package with a `mithril` entry point."
+)
+
+MSG_MISSING_DEPENDENCY = (
+    "{error}: a package this command needs is not installed. Install it from the "
+    "root of the mithril_core checkout with `{command}`."
 )
 
 MSG_UNREGISTERED_CLASS = (

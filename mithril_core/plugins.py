@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -15,6 +16,8 @@ import pluggy
 from mithril_core import hookspecs
 from mithril_core.errors import (
     MSG_INSTALL_BACKEND,
+    MSG_INSTALL_PLUGIN,
+    MSG_NO_PLUGIN,
     MissingBackendError,
     PluginError,
 )
@@ -157,10 +160,21 @@ class Registry:
         backends = self.backends
         if name not in backends:
             msg = MSG_INSTALL_BACKEND.format(
-                name=name, installed=", ".join(sorted(backends)) or "none"
+                name=name,
+                installed=", ".join(sorted(backends)) or "none",
+                hint=install_hint(name),
             )
             raise MissingBackendError(msg)
         return backends[name]
+
+
+def install_hint(name: str) -> str:
+    """How to install the plugin of backend ``name``: the command for its folder when
+    this checkout has ``plugins/mithril_<name>``, else where backends come from."""
+    root = Path(__file__).resolve().parent.parent
+    if name.isidentifier() and (root / "plugins" / f"mithril_{name}").is_dir():
+        return MSG_INSTALL_PLUGIN.format(name=name)
+    return MSG_NO_PLUGIN.format(name=name)
 
 
 def document_name(cls: type) -> str:
