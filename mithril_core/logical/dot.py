@@ -96,7 +96,7 @@ def physical_to_dot(pm: PhysicalModel) -> str:
         for position, value in enumerate(node.inputs):
             source = ids.get(id(value))
             if source is not None:
-                terminal = node.primitive.input_names()[position]
+                terminal = node.input_names[position]
                 lines.append(
                     f"  {source} -> {node_id} [label={_quote(terminal)}, fontsize=8];"
                 )

@@ -297,6 +297,9 @@ class Primitive(BaseModel):
     # False for ops whose gradient is zero everywhere it exists (floor division,
     # stop_gradient): no gradient flows back through them.
     differentiable: ClassVar[bool] = True
+    #: False for ops whose result is a random draw (dropout): compile never folds
+    #: them nor merges two equal calls into one.
+    deterministic: ClassVar[bool] = True
     #: Operations per output element for the default :meth:`flops` rule; ``0`` for
     #: ops that only move data (their cost is then 0 even with unknown shapes).
     flops_per_element: ClassVar[int] = 1

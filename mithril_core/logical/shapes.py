@@ -112,6 +112,30 @@ def transaction() -> Iterator[None]:
             gc.enable()
 
 
+@contextmanager
+def scratch() -> Iterator[None]:
+    """Record every change made in the body and undo them all when it ends, whether
+    it returns or raises: compile specialises a model this way, reads what it needs,
+    and leaves the model as it was (no copy of the model)."""
+    global _TRAIL
+    if _TRAIL is not None:
+        msg = "scratch() cannot run inside a composition step"
+        raise RuntimeError(msg)
+    trail: list[Any] = []
+    _TRAIL = trail
+    collect = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        _TRAIL = None
+        clear_queue()
+        for at in range(len(trail) - 3, -1, -3):
+            _undo(trail[at], trail[at + 1], trail[at + 2])
+        if collect:
+            gc.enable()
+
+
 class ShapeConflict(Exception):  # noqa: N818 - internal signal, converted to ShapeError
     """Raised inside the solver; callers turn it into a ShapeError with paths.
 

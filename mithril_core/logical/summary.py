@@ -106,12 +106,8 @@ def primitive_flops(primitive: Primitive) -> int | None:
 
 def node_flops(node: Node) -> int | None:
     """:meth:`Primitive.flops` of a flat-graph call, with the static shapes of its
-    compiled inputs and output."""
-    shapes = {
-        name: _static_shape(value.conn, value.constant)
-        for name, value in zip(node.primitive.input_names(), node.inputs, strict=True)
-    }
-    return node.primitive.flops(shapes, _static_shape(node.output.conn))
+    compiled inputs and output (computed when the call was flattened)."""
+    return node.flops
 
 
 def _sum(counts: list[int | None]) -> int | None:

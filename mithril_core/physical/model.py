@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import builtins
-import copy
 import logging
 import os
 import time
@@ -25,7 +24,6 @@ from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
 from mithril_core.logical.connection import NOVALUE, Connection
 from mithril_core.logical.model import BaseModel, Model, solve
-from mithril_core.logical.model import deep_recursion as _deep_recursion
 from mithril_core.physical import flat
 from mithril_core.plugins import get_registry
 
@@ -79,119 +77,35 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         msg = f"{model.path()} is part of a larger model; compile the top model."
         raise CompileError(msg)
     timer = _PhaseTimer(model.path(), backend.name)
-    top = _as_model(model)
-    with _deep_recursion():
-        top = copy.deepcopy(top)
-    timer.done("copy")
-    aliases: dict[str, str] = {}
-    names = flat.assign_names(top, aliases)
-    by_name = {names[id(c.find())]: c.find() for c in _all_connections(top)}
-    # Names given as written ("a.b") mean their keys ("a_b").
-    data = {aliases.get(k, k) for k in data_keys or ()}
-    constants = {aliases.get(k, k): v for k, v in (constant_keys or {}).items()}
-    trainable = (
-        {aliases.get(k, k) for k in trainable_keys}
-        if trainable_keys is not None
-        else None
-    )
-    shapes = {aliases.get(k, k): v for k, v in (shapes or {}).items()}
-    discard_keys = {aliases.get(k, k) for k in discard_keys or ()}
-    for key in (*data, *constants, *(trainable or ()), *(shapes or {})):
-        if key not in by_name:
-            msg = (
-                f"{top.path()}: unknown key {key!r} given to compile; known keys: "
-                f"{', '.join(sorted(k for k in by_name if not _internal(by_name[k])))}."
-            )
-            raise InputKeyError(msg)
-    for what, keys in (
-        ("constant_keys", constants),
-        ("data_keys", data),
-        ("trainable_keys", trainable or ()),
-    ):
-        for key in keys:
-            producer = by_name[key].producer
-            if producer is not None:
-                # A value for a computed connection would silently replace its result.
-                msg = (
-                    f"{top.path()}.{key}: given in {what}, but {producer.path()} "
-                    f"computes it: {what} name inputs only."
-                )
-                raise InputKeyError(msg)
-    for primitive, _ in top.primitives():
-        flag = primitive.connections().get("inference")
-        if flag is not None and flag.find().value is NOVALUE:
-            flag.set_value(inference)
-    states = _collect_states(top, names)
-    for key, shape in (shapes or {}).items():
-        _apply_shape(by_name[key], key, list(shape))
-    for key, value in constants.items():
-        conn = by_name[key]
-        try:
-            conn.set_value(_constant_value(value, backend))
-            solve()
-        except sh.ShapeConflict as exc:
-            msg = f"{top.path()}.{key}: constant does not fit: {exc}"
-            raise ShapeError(msg) from None
-    solve()
-    # Inputs are given at evaluate as arrays: one that may be a tensor is a tensor.
-    for conn in {id(c.find()): c.find() for c in by_name.values()}.values():
-        if conn.producer is None and conn.value is NOVALUE and conn.types & ty.TENSORS:
-            conn.restrict_type(conn.types & ty.TENSORS)
-    solve()
-    timer.done("solve")
-
-    graph = flat.flatten(top, names)
-    graph.outputs = _outputs(top, graph, names, set(discard_keys or ()))
-    if not inference:
-        for key, (_, updated) in states.items():
-            if updated is not None:
-                graph.outputs[f"{key}_updated"] = graph.values[id(updated.find())]
-    flat.topological_order(graph)
-    timer.done("flatten", graph)
-    flat.remove_buffers(graph)
-    flat.prune(graph)
-    timer.done("prune", graph)
-    flat.deduplicate(graph)
-    timer.done("dedupe", graph)
+    # Compile specialises the model (shapes, constants, inference flags, types) in a
+    # scratch: the IR copies what it needs, then every change is undone, so the
+    # user's model is left as it was and nothing is deep-copied.
+    with sh.scratch():
+        settings = _Settings(
+            data_keys, constant_keys, trainable_keys, shapes, discard_keys, inference
+        )
+        graph, states, trainable_set, data, float_bound = _specialise(
+            model, backend, settings, timer
+        )
+    path = model.path()
+    timer.done("restore model")
     registry = get_registry()
     lowerings = registry.lowerings(backend.name)
     _check_lowerings(graph, lowerings, backend.name)
     timer.done("lowering check")
     numpy_lowerings = registry.lowerings("numpy")
-    flat.fold_constants(graph, lambda node, args: _fold(node, args, numpy_lowerings))
-    flat.prune(graph)
+    graph = flat.fold_constants(
+        graph, lambda node, args: _fold(node, args, numpy_lowerings)
+    )
+    graph = flat.prune(graph)
+    graph = flat.cast_promoted_floats(graph, backend.dtype.name)
     timer.done("constant fold", graph)
 
     input_keys = tuple(graph.inputs)
-    float_inputs = {k for k, v in graph.inputs.items() if ty.TENSOR_FLOAT in v.types}
-    if trainable is None:
-        trainable_set = {
-            k
-            for k in float_inputs
-            if k not in data
-            and k not in states
-            and graph.inputs[k].conn.differentiable is not False
-        }
-    else:
-        trainable_set = trainable
     state_keys = tuple(k for k in input_keys if k in states)
-    for key in input_keys:
-        if key not in trainable_set and key not in data and key not in states:
-            data.add(key)
     grad_keys = tuple(k for k in input_keys if k in trainable_set)
-    for key in grad_keys:  # parameters are float tensors
-        graph.inputs[key].conn.find().restrict_type(frozenset({ty.TENSOR_FLOAT}))
-    solve()  # spread what that settles (e.g. the type of what a parameter feeds)
-    # An input that may be int or float but meets floats is a float input: int data
-    # there would be computed in whatever float type the framework picks.
-    float_bound = flat.float_bound_inputs(graph)
-    for key in float_bound:
-        graph.inputs[key].conn.find().restrict_type(frozenset({ty.TENSOR_FLOAT}))
-    solve()
-    flat.cast_promoted_floats(graph, backend.dtype.name)
-    solve()
     for k in input_keys:
-        if k in data and graph.inputs[k].conn.differentiable:
+        if k in data and graph.inputs[k].differentiable:
             grad_keys += (k,)
 
     differentiable_outputs = tuple(
@@ -227,17 +141,146 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     return PhysicalModel(
         backend=backend,
         graph=graph,
-        logical=top,
+        path=path,
         program=program,
         evaluator=evaluator,
         trainable_keys=tuple(k for k in input_keys if k in trainable_set),
-        state_keys={k: states[k][0] for k in state_keys},
+        state_keys={k: states[k] for k in state_keys},
         data_keys=tuple(k for k in input_keys if k in data),
         file_path=os.path.abspath(file_path) if file_path else None,
         inference=inference,
-        all_connections=by_name,
         float_bound=float_bound,
     )
+
+
+class _Settings:
+    """What compile was given, keys as the user wrote them."""
+
+    def __init__(
+        self,
+        data_keys: Iterable[str] | None,
+        constant_keys: Mapping[str, Any] | None,
+        trainable_keys: Iterable[str] | None,
+        shapes: Mapping[str, Iterable[int | None]] | None,
+        discard_keys: Iterable[str] | None,
+        inference: bool,
+    ) -> None:
+        self.data_keys = list(data_keys or ())
+        self.constant_keys = dict(constant_keys or {})
+        self.trainable_keys = None if trainable_keys is None else list(trainable_keys)
+        self.shapes = {k: list(v) for k, v in (shapes or {}).items()}
+        self.discard_keys = list(discard_keys or ())
+        self.inference = inference
+
+
+def _specialise(
+    model: BaseModel, backend: Backend, settings: _Settings, timer: _PhaseTimer
+) -> tuple[flat.Graph, dict[str, float], set[str], set[str], dict[str, str]]:
+    """Apply compile's settings to ``model`` (inside a scratch), solve, and flatten
+    it into the pruned IR. Returns the IR, state key -> initial value, the trainable
+    keys, the data keys and the float-bound inputs."""
+    top = _as_model(model)
+    aliases: dict[str, str] = {}
+    names = flat.assign_names(top, aliases)
+    by_name = {names[id(c.find())]: c.find() for c in _all_connections(top)}
+    # Names given as written ("a.b") mean their keys ("a_b").
+    data = {aliases.get(k, k) for k in settings.data_keys}
+    constants = {aliases.get(k, k): v for k, v in settings.constant_keys.items()}
+    trainable = (
+        {aliases.get(k, k) for k in settings.trainable_keys}
+        if settings.trainable_keys is not None
+        else None
+    )
+    shapes = {aliases.get(k, k): v for k, v in settings.shapes.items()}
+    discard_keys = {aliases.get(k, k) for k in settings.discard_keys}
+    for key in (*data, *constants, *(trainable or ()), *shapes):
+        if key not in by_name:
+            msg = (
+                f"{top.path()}: unknown key {key!r} given to compile; known keys: "
+                f"{', '.join(sorted(k for k in by_name if not _internal(by_name[k])))}."
+            )
+            raise InputKeyError(msg)
+    for what, keys in (
+        ("constant_keys", constants),
+        ("data_keys", data),
+        ("trainable_keys", trainable or ()),
+    ):
+        for key in keys:
+            producer = by_name[key].producer
+            if producer is not None:
+                # A value for a computed connection would silently replace its result.
+                msg = (
+                    f"{top.path()}.{key}: given in {what}, but {producer.path()} "
+                    f"computes it: {what} name inputs only."
+                )
+                raise InputKeyError(msg)
+    for primitive, _ in top.primitives():
+        flag = primitive.connections().get("inference")
+        if flag is not None and flag.find().value is NOVALUE:
+            flag.set_value(settings.inference)
+    states = _collect_states(top, names)
+    for key, shape in shapes.items():
+        _apply_shape(by_name[key], key, shape)
+    for key, value in constants.items():
+        conn = by_name[key]
+        try:
+            conn.set_value(_constant_value(value, backend))
+            solve()
+        except sh.ShapeConflict as exc:
+            sh.clear_queue()
+            msg = f"{top.path()}.{key}: constant does not fit: {exc}"
+            raise ShapeError(msg) from None
+    solve()
+    # Inputs are given at evaluate as arrays: one that may be a tensor is a tensor.
+    for conn in {id(c.find()): c.find() for c in by_name.values()}.values():
+        if conn.producer is None and conn.value is NOVALUE and conn.types & ty.TENSORS:
+            conn.restrict_type(conn.types & ty.TENSORS)
+    solve()
+    timer.done("solve")
+
+    flattened = flat.flatten(top, names)
+    outputs = _outputs(top, flattened, names, discard_keys)
+    if not settings.inference:
+        for key, (_, updated) in states.items():
+            if updated is not None:
+                outputs[f"{key}_updated"] = flattened.value(updated)
+    graph = flattened.graph.evolve(outputs=outputs)
+    graph = flat.topological_order(graph)
+    timer.done("flatten", graph)
+    graph = flat.remove_buffers(graph)
+    graph = flat.prune(graph)
+    graph = flat.deduplicate(graph)
+    timer.done("prune", graph)
+
+    float_inputs = {k for k, v in graph.inputs.items() if ty.TENSOR_FLOAT in v.types}
+    if trainable is None:
+        trainable_set = {
+            k
+            for k in float_inputs
+            if k not in data
+            and k not in states
+            and graph.inputs[k].differentiable is not False
+        }
+    else:
+        trainable_set = trainable
+    for key in graph.inputs:
+        if key not in trainable_set and key not in states:
+            data.add(key)
+    connection = flattened.connection_of
+    for key in graph.inputs:
+        if key in trainable_set:  # parameters are float tensors
+            connection[id(graph.inputs[key])].restrict_type(
+                frozenset({ty.TENSOR_FLOAT})
+            )
+    solve()  # spread what that settles (e.g. the type of what a parameter feeds)
+    # An input that may be int or float but meets floats is a float input: int data
+    # there would be computed in whatever float type the framework picks.
+    float_bound = flat.float_bound_inputs(flattened.refresh(graph))
+    for key in float_bound:
+        connection[id(graph.inputs[key])].restrict_type(frozenset({ty.TENSOR_FLOAT}))
+    solve()
+    graph = flattened.refresh(graph)
+    return graph, {k: v[0] for k, v in states.items()}, trainable_set, data, float_bound
 
 
 def _python_program(
@@ -474,7 +517,7 @@ def _dtype_for(value: np.ndarray, backend: Backend) -> str:
 
 
 def _outputs(
-    model: Model, graph: flat.FlatGraph, names: dict[int, str], discard: set[str]
+    model: Model, flattened: flat.Flattened, names: dict[int, str], discard: set[str]
 ) -> dict[str, flat.Value]:
     outputs: dict[str, flat.Value] = {}
     for name, conn in model.exposed().items():
@@ -484,14 +527,14 @@ def _outputs(
         key = names[id(root)]
         if name.startswith("__unnamed_") or key in discard:
             continue
-        outputs[name] = graph.values[id(root)]
+        outputs[name] = flattened.value(root)
     if not outputs:
         cout = model.last_output
         if cout is not None and cout.find().producer is not None:
             root = cout.find()
             key = names[id(root)]
             if key not in discard:
-                outputs[key] = graph.values[id(root)]
+                outputs[key] = flattened.value(root)
     if not outputs:
         msg = (
             f"{model.path()}: the model has no outputs; expose one with IOKey('name')."
@@ -535,5 +578,4 @@ def _fold(node: flat.Node, args: list[Any], numpy_lowerings: Mapping[str, Any]) 
             f"{node.path}: cannot fold {node.op!r} at compile time (no NumPy lowering)."
         )
         raise CompileError(msg)
-    forward = entry[0] if isinstance(entry, tuple) else entry
-    return forward(*args)
+    return flat.forward_of(entry)(*args)

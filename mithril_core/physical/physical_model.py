@@ -17,8 +17,7 @@ from mithril_core.errors import (
     ShapeError,
 )
 from mithril_core.logical import types as ty
-from mithril_core.logical.connection import Connection
-from mithril_core.logical.model import Model, inspect_function
+from mithril_core.logical.model import inspect_function
 from mithril_core.physical import flat
 from mithril_core.physical.flat import FlatGraph
 from mithril_core.weights import DEFAULT_IGNORE, load_weights
@@ -34,7 +33,7 @@ class PhysicalModel:
         *,
         backend: Backend,
         graph: FlatGraph,
-        logical: Model,
+        path: str,
         program: Program,
         evaluator: Evaluator,
         trainable_keys: tuple[str, ...],
@@ -42,12 +41,11 @@ class PhysicalModel:
         data_keys: tuple[str, ...],
         file_path: str | None,
         inference: bool,
-        all_connections: dict[str, Connection],
         float_bound: Mapping[str, str] | None = None,
     ) -> None:
         self.backend = backend
         self.graph = graph
-        self.logical_model = logical
+        self.path = path  # the compiled model's path, for messages
         self.program = program
         self._evaluator = evaluator
         self.trainable_keys = trainable_keys
@@ -56,7 +54,6 @@ class PhysicalModel:
         self.data_keys = data_keys
         self.file_path = file_path
         self.inference = inference
-        self._connections = all_connections
         # Inputs that could be int but meet floats (key -> that call), for messages.
         self._float_bound = dict(float_bound or {})
         # Per tensor input: key, rank, exact shape, fixed (axis, size) pairs and
@@ -395,7 +392,7 @@ class PhysicalModel:
 
     def __repr__(self) -> str:
         return (
-            f"<PhysicalModel {self.logical_model.path()} on {self.backend!r}: "
+            f"<PhysicalModel {self.path} on {self.backend!r}: "
             f"inputs={list(self.input_keys)}, outputs={list(self.output_keys)}>"
         )
 

@@ -516,6 +516,7 @@ class Dropout(Primitive):
     mask; MLX and PyTorch: their global generators)."""
 
     op_name = "dropout"
+    deterministic = False  # a fresh random mask per call
     rules = (r.same_type(),)
     flops_per_element = 2  # compare a random draw, scale
 

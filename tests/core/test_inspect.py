@@ -128,11 +128,10 @@ def test_compile_logs_every_phase_with_its_time(caplog):
     assert messages[0] == "compiling custom_mlp for backend 'numpy'"
     phase = re.compile(r"compile (.+): \d+\.\d ms( \(\d+ nodes\))?")
     assert [phase.fullmatch(m).group(1) for m in messages[1:-1]] == [
-        "copy",
         "solve",
         "flatten",
         "prune",
-        "dedupe",
+        "restore model",
         "lowering check",
         "constant fold",
         "codegen",

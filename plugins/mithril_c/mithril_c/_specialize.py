@@ -1,32 +1,18 @@
-"""Shapes and dtypes known only at evaluate: the flat graph specialised to the inputs.
-
-A copy of the compiled flat graph (with the logical model its values belong to) gets
-the inputs' shapes and dtype kinds, the core's shape and type rules are solved again
-(exactly what ``compile(shapes=...)`` does) and what became constant is folded.
-"""
+"""Shapes and dtypes known only at evaluate: the input signature the generated code
+is specialised to. The specialisation itself is the core's
+:func:`mithril_core.physical.flat.specialize` (the primitives' rules solved again on
+the IR)."""
 
 from __future__ import annotations
 
-import copy
-import sys
 from collections.abc import Mapping
 from typing import Any
 
-from mithril_core.errors import ShapeError
-from mithril_core.logical import shapes as sh
 from mithril_core.logical import types as ty
-from mithril_core.logical.connection import NOVALUE
-from mithril_core.logical.model import solve
 from mithril_core.physical import flat
-from mithril_core.plugins import get_registry
+from mithril_core.physical.flat import specialize
 
-_KINDS = {
-    "f": ty.TENSOR_FLOAT,
-    "i": ty.TENSOR_INT,
-    "u": ty.TENSOR_INT,
-    "b": ty.TENSOR_BOOL,
-}
-
+__all__ = ["assumed", "signature", "specialize"]
 
 _ORDER = (ty.TENSOR_FLOAT, ty.TENSOR_INT, ty.TENSOR_BOOL)
 _LETTERS = {ty.TENSOR_FLOAT: "f", ty.TENSOR_INT: "iu", ty.TENSOR_BOOL: "b"}
@@ -62,57 +48,3 @@ def signature(
         array = inputs[key]
         result.append((array.shape, array.dtype.kind))
     return tuple(result)
-
-
-def specialize(
-    graph: flat.FlatGraph,
-    keys: tuple[str, ...],
-    sig: tuple[tuple[tuple[int, ...], str], ...],
-) -> flat.FlatGraph:
-    """A copy of ``graph`` with the shapes and dtype kinds of ``sig`` (one per key)
-    applied, solved and folded."""
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 200_000))
-    try:
-        graph = copy.deepcopy(graph)
-    finally:
-        sys.setrecursionlimit(limit)
-    for key, (shape, kind) in zip(keys, sig, strict=True):
-        conn = graph.inputs[key].conn.find()
-        before = repr(conn.shape_node)
-        try:
-            conn.restrict_type(frozenset({_KINDS.get(kind, ty.TENSOR_FLOAT)}))
-            sh.unify_with_dims(conn.shape_node, list(shape))
-            solve()
-        except sh.ShapeConflict as exc:
-            sh.clear_queue()
-            msg = (
-                f"{key}: an array of shape {list(shape)} does not fit the model's "
-                f"{before} ({exc})."
-            )
-            raise ShapeError(msg) from None
-    _fold(graph)
-    return graph
-
-
-def _fold(graph: flat.FlatGraph) -> None:
-    """Values the rules now know (``shape`` outputs ...) become constants; nodes whose
-    inputs are all constant are evaluated with NumPy, as at compile."""
-    for node in graph.nodes:
-        for value in (*node.inputs, node.output):
-            if value.is_constant:
-                continue
-            root = value.conn.find()
-            if root.value is not NOVALUE:
-                value.constant = root.value
-    numpy = get_registry().lowerings("numpy")
-
-    def evaluate(node: flat.Node, args: list[Any]) -> Any:
-        entry = numpy[node.op]
-        forward = entry[0] if isinstance(entry, tuple) else entry
-        return forward(*args)
-
-    inputs = dict(graph.inputs)
-    flat.fold_constants(graph, evaluate)
-    flat.prune(graph)
-    graph.inputs = inputs  # the runtime binds every input the model was compiled with
