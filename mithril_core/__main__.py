@@ -102,13 +102,15 @@ def coverage() -> tuple[list[str], dict[str, dict[str, str]], dict[str, str]]:
 
 
 def _cell(backend_cls: type, table: dict[str, Any], op: str) -> str:
+    from mithril_core.primitives.lowering import as_lowering
+
     if op not in table:
         return "-"
     parts = ["fwd"]
     entry = table[op]
     if getattr(backend_cls, "has_autograd", False):
         parts.append("autograd")
-    elif isinstance(entry, tuple) and len(entry) > 1 and entry[1] is not None:
+    elif as_lowering(entry).vjp is not None:
         parts.append("vjp")
     if getattr(backend_cls, "supports_jit", False):
         parts.append("jit")

@@ -22,6 +22,7 @@ from mithril_core.errors import CompileError, InputKeyError
 from mithril_core.physical.flat import FlatGraph, Node, Value
 from mithril_core.physical.model import compile as compile_model
 from mithril_core.plugins import get_registry
+from mithril_core.primitives.lowering import as_lowering
 
 # SPEC quality bars: float64 and float32 agreement with the float64 NumPy reference.
 TOLERANCES = {"float64": (1e-5, 1e-8), "float32": (1e-3, 1e-5)}
@@ -229,9 +230,8 @@ def _lowerings(backend: str) -> dict[str, Any]:
 
 
 def _forward(entry: Any) -> Any:
-    if isinstance(entry, tuple):
-        entry = entry[0] if entry else None
-    return entry if callable(entry) else None
+    forward = None if entry is None else as_lowering(entry).forward
+    return forward if callable(forward) else None
 
 
 def _trace(

@@ -21,6 +21,7 @@ from mithril_core.errors import (
     MissingBackendError,
     PluginError,
 )
+from mithril_core.primitives.lowering import Lowering, as_lowering
 
 PROJECT = "mithril"
 DEFAULT_PLUGINS = (
@@ -94,7 +95,7 @@ class Registry:
         self._backends: dict[str, type] | None = None
         self._operators: dict[str, type] | None = None
         self._model_classes: dict[str, type] | None = None
-        self._lowerings: dict[str, dict[str, Any]] = {}
+        self._lowerings: dict[str, dict[str, Lowering]] = {}
 
     def _merge(
         self, results: Sequence[tuple[str, Mapping[str, Any]]], what: str
@@ -147,12 +148,18 @@ class Registry:
             self._model_classes = {document_name(cls): cls for cls in classes}
         return self._model_classes
 
-    def lowerings(self, backend: str) -> dict[str, Any]:
+    def lowerings(self, backend: str) -> dict[str, Lowering]:
+        """Every package's lowerings for ``backend``, each as a :class:`Lowering`
+        whatever form its hook returned."""
         table = self._lowerings.get(backend)
         if table is None:
-            table = self._merge(
+            merged = self._merge(
                 self._call("mithril_lowerings", backend=backend), "Lowering"
             )
+            table = {
+                op: as_lowering(entry, where=f"{backend} lowering of {op!r}")
+                for op, entry in merged.items()
+            }
             self._lowerings[backend] = table
         return table
 

@@ -20,6 +20,7 @@ from mithril_core.errors import CompileError
 from mithril_core.logical import types as ty
 from mithril_core.logical.naming import ascii_identifier_chars
 from mithril_core.physical.flat import FlatGraph, Node, Value
+from mithril_core.primitives.lowering import as_lowering
 
 
 @dataclass
@@ -112,19 +113,19 @@ class PythonCodegen:
         self.forwards: dict[str, Any] = {}
         self.vjps: dict[str, Any] = {}
         self.vjp_takes_needs: dict[str, bool] = {}
+        self.named: dict[str, bool] = {}
         for node in graph.nodes:
-            entry = lowerings[node.op]
             fname = _function_name(node.op)
-            if with_vjp:
-                forward, vjp = entry
-                self.namespace[fname] = forward
-                self.namespace[f"{fname}_vjp"] = vjp
-                if fname not in self.vjp_takes_needs:
-                    self.vjp_takes_needs[fname] = (
-                        "needs" in inspect.signature(vjp).parameters
-                    )
-            else:
-                self.namespace[fname] = entry
+            if fname in self.named:
+                continue
+            lowering = as_lowering(lowerings[node.op], where=node.op)
+            self.namespace[fname] = lowering.forward
+            self.named[fname] = lowering.named
+            if with_vjp and lowering.vjp is not None:
+                self.namespace[f"{fname}_vjp"] = lowering.vjp
+                self.vjp_takes_needs[fname] = (
+                    "needs" in inspect.signature(lowering.vjp).parameters
+                )
         self.names = _Names(set(self.namespace))
         self.convert_constant = convert_constant
         self._constants: dict[int, str] = {}
@@ -144,6 +145,13 @@ class PythonCodegen:
         return name
 
     def call(self, node: Node) -> str:
+        fname = _function_name(node.op)
+        if self.named[fname]:
+            args = ", ".join(
+                f"{name}={self.expr(v)}"
+                for name, v in zip(node.input_names, node.inputs, strict=True)
+            )
+            return f"{self.names(node.output)} = {fname}({args})"
         args = ", ".join(self.expr(v) for v in node.inputs)
         return f"{self.names(node.output)} = {_function_name(node.op)}({args})"
 
@@ -232,6 +240,12 @@ class PythonCodegen:
             if out_grad is None:
                 continue
             fname = _function_name(node.op)
+            if fname not in self.vjp_takes_needs:
+                msg = (
+                    f"{node.path}: primitive {node.op!r} has no VJP in this backend's "
+                    "lowering table, so no gradient can flow through it."
+                )
+                raise CompileError(msg)
             needs = tuple(id(v) in requires and not v.is_constant for v in node.inputs)
             args = [
                 out_grad,

@@ -11,8 +11,30 @@ from mithril_core.logical import types as ty
 from mithril_core.logical.connection import NOVALUE, IOKey
 from mithril_core.logical.model import Primitive
 from mithril_core.primitives import _rules as r
+from mithril_core.primitives.lowering import GradRule
 
 _NUMERIC = ty.TENSORS | ty.SCALARS
+
+
+# Gradient rules (``grad_rules``): per differentiable input, ``rule(xp, output_grad,
+# output, *inputs)`` written against an array namespace ``xp`` (numpy, jax.numpy,
+# mlx.core); backends without autograd generate their VJPs from them. An input that is
+# absent has no gradient; ``_NO_GRAD`` declares an op with none.
+_NO_GRAD: Mapping[str, GradRule] = {}
+
+
+def _sigmoid(xp: Any, x: Any) -> Any:
+    return xp.exp(-xp.logaddexp(0, -x))
+
+
+def _pick(xp: Any, g: Any, left: Any, right: Any, wins: Any) -> Any:
+    # Ties split the gradient evenly, as PyTorch's minimum/maximum do.
+    return xp.where(left == right, 0.5 * g, g * wins)
+
+
+def _silu_grad(xp: Any, g: Any, y: Any, input: Any) -> Any:  # noqa: A002
+    sig = _sigmoid(xp, input)
+    return g * (sig + y * (1 - sig))
 
 
 class _Binary(Primitive):
@@ -41,6 +63,10 @@ class Add(_Binary):
     """``left + right`` with broadcasting."""
 
     op_name = "add"
+    grad_rules = {
+        "left": lambda xp, g, y, left, right: g,
+        "right": lambda xp, g, y, left, right: g,
+    }
     rules = _binary_rules(operator.add)
 
 
@@ -48,6 +74,10 @@ class Subtract(_Binary):
     """``left - right`` with broadcasting."""
 
     op_name = "subtract"
+    grad_rules = {
+        "left": lambda xp, g, y, left, right: g,
+        "right": lambda xp, g, y, left, right: -g,
+    }
     rules = _binary_rules(operator.sub)
 
 
@@ -55,6 +85,10 @@ class Multiply(_Binary):
     """``left * right`` with broadcasting."""
 
     op_name = "multiply"
+    grad_rules = {
+        "left": lambda xp, g, y, left, right: g * right,
+        "right": lambda xp, g, y, left, right: g * left,
+    }
     rules = _binary_rules(operator.mul)
 
 
@@ -62,6 +96,10 @@ class Divide(_Binary):
     """True division ``left / right`` with broadcasting (always float)."""
 
     op_name = "divide"
+    grad_rules = {
+        "left": lambda xp, g, y, left, right: g / right,
+        "right": lambda xp, g, y, left, right: -g * y / right,
+    }
     rules = _binary_rules(operator.truediv, true_divide=True)
 
 
@@ -69,6 +107,7 @@ class FloorDivide(_Binary):
     """Floor division ``left // right`` with broadcasting."""
 
     op_name = "floor_divide"
+    grad_rules = _NO_GRAD
     differentiable = False
     rules = _binary_rules(operator.floordiv)
 
@@ -77,6 +116,10 @@ class Minimum(_Binary):
     """Element-wise minimum."""
 
     op_name = "minimum"
+    grad_rules = {
+        "left": lambda xp, g, y, left, right: _pick(xp, g, left, right, left < right),
+        "right": lambda xp, g, y, left, right: _pick(xp, g, left, right, right < left),
+    }
     rules = _binary_rules(min)
 
 
@@ -84,6 +127,10 @@ class Maximum(_Binary):
     """Element-wise maximum."""
 
     op_name = "maximum"
+    grad_rules = {
+        "left": lambda xp, g, y, left, right: _pick(xp, g, left, right, left > right),
+        "right": lambda xp, g, y, left, right: _pick(xp, g, left, right, right > left),
+    }
     rules = _binary_rules(max)
 
 
@@ -110,6 +157,7 @@ class Power(Primitive):
 
 class _Compare(_Binary):
     rules: ClassVar[tuple[r.RuleFn, ...]] = ()
+    grad_rules = _NO_GRAD
 
 
 def _compare_rules(fold: Any) -> tuple[r.RuleFn, ...]:
@@ -204,6 +252,7 @@ class Negate(_Unary):
     """``-input``."""
 
     op_name = "negate"
+    grad_rules = {"input": lambda xp, g, y, input: -g}
     rules = (*_SAME, r.fold_scalars(operator.neg, "input"))
 
 
@@ -211,6 +260,7 @@ class Absolute(_Unary):
     """``|input|``."""
 
     op_name = "absolute"
+    grad_rules = {"input": lambda xp, g, y, input: g * xp.sign(input)}
     rules = (*_SAME, r.fold_scalars(abs, "input"))
 
 
@@ -218,6 +268,7 @@ class Exponential(_Unary):
     """``e ** input``."""
 
     op_name = "exponential"
+    grad_rules = {"input": lambda xp, g, y, input: g * y}
     rules = (*_FLOAT, r.fold_scalars(math.exp, "input"))
 
 
@@ -225,6 +276,7 @@ class Log(_Unary):
     """Natural logarithm."""
 
     op_name = "log"
+    grad_rules = {"input": lambda xp, g, y, input: g / input}
     rules = (*_FLOAT, r.fold_scalars(math.log, "input"))
 
 
@@ -232,6 +284,7 @@ class Sqrt(_Unary):
     """Square root."""
 
     op_name = "sqrt"
+    grad_rules = {"input": lambda xp, g, y, input: 0.5 * g / y}
     rules = (*_FLOAT, r.fold_scalars(math.sqrt, "input"))
 
 
@@ -239,6 +292,7 @@ class Sine(_Unary):
     """Sine."""
 
     op_name = "sine"
+    grad_rules = {"input": lambda xp, g, y, input: g * xp.cos(input)}
     rules = (*_FLOAT, r.fold_scalars(math.sin, "input"))
 
 
@@ -246,6 +300,7 @@ class Cosine(_Unary):
     """Cosine."""
 
     op_name = "cosine"
+    grad_rules = {"input": lambda xp, g, y, input: -g * xp.sin(input)}
     rules = (*_FLOAT, r.fold_scalars(math.cos, "input"))
 
 
@@ -253,6 +308,7 @@ class Relu(_Unary):
     """``max(input, 0)``."""
 
     op_name = "relu"
+    grad_rules = {"input": lambda xp, g, y, input: g * (y > 0)}
     rules = _SAME
 
 
@@ -260,6 +316,7 @@ class Sigmoid(_Unary):
     """``1 / (1 + e ** -input)``."""
 
     op_name = "sigmoid"
+    grad_rules = {"input": lambda xp, g, y, input: g * y * (1 - y)}
     flops_per_element = 4
     rules = _FLOAT
 
@@ -268,6 +325,7 @@ class Tanh(_Unary):
     """Hyperbolic tangent."""
 
     op_name = "tanh"
+    grad_rules = {"input": lambda xp, g, y, input: g * (1 - y * y)}
     rules = _FLOAT
 
 
@@ -275,6 +333,7 @@ class Softplus(_Unary):
     """``log(1 + e ** input)``, computed stably."""
 
     op_name = "softplus"
+    grad_rules = {"input": lambda xp, g, y, input: g * _sigmoid(xp, input)}
     flops_per_element = 3
     rules = _FLOAT
 
@@ -283,6 +342,7 @@ class SiLU(_Unary):
     """``input * sigmoid(input)`` (swish)."""
 
     op_name = "silu"
+    grad_rules = {"input": _silu_grad}
     flops_per_element = 5
     rules = _FLOAT
 
@@ -291,6 +351,7 @@ class StopGradient(_Unary):
     """Identity whose gradient is zero."""
 
     op_name = "stop_gradient"
+    grad_rules = _NO_GRAD
     flops_per_element = 0
     differentiable = False
     rules = _SAME
@@ -300,6 +361,7 @@ class LogicalNot(Primitive):
     """Element-wise logical not (bool)."""
 
     op_name = "logical_not"
+    grad_rules = _NO_GRAD
     rules = (r.kind_type(ty.BOOL),)
 
     def __init__(self, name: str | None = None, input: Any = NOVALUE) -> None:  # noqa: A002
@@ -314,6 +376,9 @@ class LeakyRelu(Primitive):
     """``input if input > 0 else slope * input``."""
 
     op_name = "leaky_relu"
+    grad_rules = {
+        "input": lambda xp, g, y, input, slope: xp.where(input > 0, g, g * slope)
+    }
     flops_per_element = 2
     rules = (r.kind_type(ty.FLOAT),)
 
@@ -367,6 +432,10 @@ class Where(Primitive):
     both) may be a Python scalar."""
 
     op_name = "where"
+    grad_rules = {
+        "input1": lambda xp, g, y, condition, input1, input2: xp.where(condition, g, 0),
+        "input2": lambda xp, g, y, condition, input1, input2: xp.where(condition, 0, g),
+    }
     rules = (r.broadcast("condition", "input1", "input2"), _where_type)
 
     def __init__(self, name: str | None = None) -> None:

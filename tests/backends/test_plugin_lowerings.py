@@ -24,6 +24,7 @@ import pytest
 
 from mithril_core import hookspecs
 from mithril_core.backends.base import Program
+from mithril_core.primitives.lowering import Lowering
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "primitives.md"
 
@@ -41,7 +42,7 @@ class Framework:
     name: str
     package: str
     backend: Any
-    lowerings: dict[str, Callable[..., Any]]
+    lowerings: dict[str, Lowering]
     rtol: float
     atol: float
 
@@ -536,8 +537,8 @@ def test_every_documented_op_is_lowered_and_tested(fw: Framework) -> None:
     assert len(ops) >= 58, "could not parse docs/primitives.md"
     assert not ops - set(fw.lowerings), "no lowering"
     assert not ops - {case.op for case in CASES}, "no test case"
-    for op, forward in fw.lowerings.items():
-        assert forward.__name__ == op
+    for op, lowering in fw.lowerings.items():
+        assert lowering.forward.__name__ == op
 
 
 def test_arg_reductions_are_int64(fw: Framework) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from mithril_core.backends.numpy.lowerings import (
     elementwise,
     linalg,
@@ -8,31 +10,26 @@ from mithril_core.backends.numpy.lowerings import (
     reduction,
     shape,
 )
-from mithril_core.backends.numpy.lowerings._utils import Lowering
-from mithril_core.errors import PluginError
+from mithril_core.backends.numpy.lowerings._utils import SHARED, vjp_from_rules
+from mithril_core.primitives import CORE_PRIMITIVES
+from mithril_core.primitives.lowering import Lowering, merge_lowerings
 
+# Shared forwards whose primitive declares its gradient get the VJP generated from it;
+# a family table overrides one where NumPy needs its own forward or a fused VJP.
+_RULES = {cls.op_name: getattr(cls, "grad_rules", None) for cls in CORE_PRIMITIVES}
+_DECLARED = {
+    op: replace(forward, vjp=vjp_from_rules(rules))
+    for op, forward in SHARED.items()
+    if (rules := _RULES.get(op)) is not None
+}
 
-def _merge(*tables: dict[str, Lowering]) -> dict[str, Lowering]:
-    merged: dict[str, Lowering] = {}
-    for table in tables:
-        for name, lowering in table.items():
-            if name in merged:
-                msg = (
-                    f"numpy backend: primitive {name!r} is lowered by two family "
-                    "tables in mithril_core.backends.numpy.lowerings; keep one."
-                )
-                raise PluginError(msg)
-            merged[name] = lowering
-    return merged
-
-
-LOWERINGS = _merge(
-    elementwise.LOWERINGS,
-    reduction.LOWERINGS,
-    shape.LOWERINGS,
-    linalg.LOWERINGS,
-    nn.LOWERINGS,
-    loss.LOWERINGS,
+LOWERINGS: dict[str, Lowering] = merge_lowerings(
+    "numpy",
+    {
+        module.__name__: module.LOWERINGS
+        for module in (elementwise, reduction, shape, linalg, nn, loss)
+    },
+    shared={**SHARED, **_DECLARED},
 )
 
 __all__ = ["LOWERINGS"]

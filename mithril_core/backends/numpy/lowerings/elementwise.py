@@ -6,13 +6,16 @@ import numpy as np
 
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
+    Entry,
     Grad,
-    Lowering,
     Needs,
     Operand,
     reduce_to,
+    vjp_from_rules,
     wants,
+    with_vjp,
 )
+from mithril_core.primitives.elementwise import StopGradient
 
 _SQRT1_2 = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -102,94 +105,6 @@ def _erf(x: Array) -> Array:
     return out.astype(np.result_type(x, np.float16), copy=False)
 
 
-def add(left: Operand, right: Operand) -> Array:
-    return np.add(left, right)
-
-
-def add_vjp(
-    output_grad: Array,
-    output: Array,
-    left: Operand,
-    right: Operand,
-    needs: Needs = None,
-) -> tuple[Grad, Grad]:
-    return (
-        reduce_to(output_grad, left) if wants(needs, 0, left) else None,
-        reduce_to(output_grad, right) if wants(needs, 1, right) else None,
-    )
-
-
-def subtract(left: Operand, right: Operand) -> Array:
-    return np.subtract(left, right)
-
-
-def subtract_vjp(
-    output_grad: Array,
-    output: Array,
-    left: Operand,
-    right: Operand,
-    needs: Needs = None,
-) -> tuple[Grad, Grad]:
-    return (
-        reduce_to(output_grad, left) if wants(needs, 0, left) else None,
-        reduce_to(-output_grad, right) if wants(needs, 1, right) else None,
-    )
-
-
-def multiply(left: Operand, right: Operand) -> Array:
-    return np.multiply(left, right)
-
-
-def multiply_vjp(
-    output_grad: Array,
-    output: Array,
-    left: Operand,
-    right: Operand,
-    needs: Needs = None,
-) -> tuple[Grad, Grad]:
-    return (
-        reduce_to(output_grad * right, left) if wants(needs, 0, left) else None,
-        reduce_to(output_grad * left, right) if wants(needs, 1, right) else None,
-    )
-
-
-def divide(left: Operand, right: Operand) -> Array:
-    return np.true_divide(left, right)
-
-
-def divide_vjp(
-    output_grad: Array,
-    output: Array,
-    left: Operand,
-    right: Operand,
-    needs: Needs = None,
-) -> tuple[Grad, Grad]:
-    return (
-        reduce_to(output_grad / right, left) if wants(needs, 0, left) else None,
-        reduce_to(-output_grad * output / right, right)
-        if wants(needs, 1, right)
-        else None,
-    )
-
-
-def floor_divide(left: Operand, right: Operand) -> Array:
-    return np.floor_divide(left, right)
-
-
-def floor_divide_vjp(
-    output_grad: Array,
-    output: Array,
-    left: Operand,
-    right: Operand,
-    needs: Needs = None,
-) -> tuple[None, None]:
-    return None, None
-
-
-def power(base: Operand, exponent: Operand) -> Array:
-    return np.power(base, exponent)
-
-
 def power_vjp(
     output_grad: Array,
     output: Array,
@@ -228,184 +143,6 @@ def _log(base: Operand) -> Array | float:
     return np.log(base)
 
 
-def minimum(left: Operand, right: Operand) -> Array:
-    return np.minimum(left, right)
-
-
-def minimum_vjp(
-    output_grad: Array,
-    output: Array,
-    left: Operand,
-    right: Operand,
-    needs: Needs = None,
-) -> tuple[Grad, Grad]:
-    return _pick_vjp(output_grad, left, right, np.less(left, right), needs)
-
-
-def maximum(left: Operand, right: Operand) -> Array:
-    return np.maximum(left, right)
-
-
-def maximum_vjp(
-    output_grad: Array,
-    output: Array,
-    left: Operand,
-    right: Operand,
-    needs: Needs = None,
-) -> tuple[Grad, Grad]:
-    return _pick_vjp(output_grad, left, right, np.greater(left, right), needs)
-
-
-def _pick_vjp(
-    output_grad: Array, left: Operand, right: Operand, left_wins: Array, needs: Needs
-) -> tuple[Grad, Grad]:
-    tie = np.equal(left, right)
-    half = 0.5 * output_grad
-    return (
-        reduce_to(np.where(tie, half, output_grad * left_wins), left)
-        if wants(needs, 0, left)
-        else None,
-        reduce_to(np.where(tie, half, output_grad * ~(left_wins | tie)), right)
-        if wants(needs, 1, right)
-        else None,
-    )
-
-
-def negate(input: Array) -> Array:
-    return np.negative(input)
-
-
-def negate_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (-output_grad if wants(needs, 0, input) else None,)
-
-
-def absolute(input: Array) -> Array:
-    return np.abs(input)
-
-
-def absolute_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (output_grad * np.sign(input) if wants(needs, 0, input) else None,)
-
-
-def exponential(input: Array) -> Array:
-    return np.exp(input)
-
-
-def exponential_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (output_grad * output if wants(needs, 0, input) else None,)
-
-
-def log(input: Array) -> Array:
-    return np.log(input)
-
-
-def log_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (output_grad / input if wants(needs, 0, input) else None,)
-
-
-def sqrt(input: Array) -> Array:
-    return np.sqrt(input)
-
-
-def sqrt_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (0.5 * output_grad / output if wants(needs, 0, input) else None,)
-
-
-def sine(input: Array) -> Array:
-    return np.sin(input)
-
-
-def sine_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (output_grad * np.cos(input) if wants(needs, 0, input) else None,)
-
-
-def cosine(input: Array) -> Array:
-    return np.cos(input)
-
-
-def cosine_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (-output_grad * np.sin(input) if wants(needs, 0, input) else None,)
-
-
-def relu(input: Array) -> Array:
-    return np.maximum(input, 0)
-
-
-def relu_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (output_grad * (output > 0) if wants(needs, 0, input) else None,)
-
-
-def sigmoid(input: Array) -> Array:
-    return np.exp(-np.logaddexp(0, -input))
-
-
-def sigmoid_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (output_grad * output * (1 - output) if wants(needs, 0, input) else None,)
-
-
-def tanh(input: Array) -> Array:
-    return np.tanh(input)
-
-
-def tanh_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (output_grad * (1 - output * output) if wants(needs, 0, input) else None,)
-
-
-def softplus(input: Array) -> Array:
-    return np.logaddexp(0, input)
-
-
-def softplus_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    return (output_grad * sigmoid(input) if wants(needs, 0, input) else None,)
-
-
-def silu(input: Array) -> Array:
-    return input * sigmoid(input)
-
-
-def silu_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[Grad]:
-    if not wants(needs, 0, input):
-        return (None,)
-    sig = sigmoid(input)
-    return (output_grad * (sig + output * (1 - sig)),)
-
-
-def leaky_relu(input: Array, slope: float) -> Array:
-    return np.where(input > 0, input, input * slope)
-
-
-def leaky_relu_vjp(
-    output_grad: Array, output: Array, input: Array, slope: float, needs: Needs = None
-) -> tuple[Grad, None]:
-    if not wants(needs, 0, input):
-        return None, None
-    return np.where(input > 0, output_grad, output_grad * slope), None
-
-
 def gelu(input: Array, approximate: bool) -> Array:
     if approximate:
         inner = _SQRT_2_OVER_PI * (input + 0.044715 * input**3)
@@ -431,90 +168,6 @@ def gelu_vjp(
     return output_grad * (cdf + input * pdf), None
 
 
-def greater(left: Operand, right: Operand) -> Array:
-    return np.greater(left, right)
-
-
-def greater_equal(left: Operand, right: Operand) -> Array:
-    return np.greater_equal(left, right)
-
-
-def less(left: Operand, right: Operand) -> Array:
-    return np.less(left, right)
-
-
-def less_equal(left: Operand, right: Operand) -> Array:
-    return np.less_equal(left, right)
-
-
-def equal(left: Operand, right: Operand) -> Array:
-    return np.equal(left, right)
-
-
-def not_equal(left: Operand, right: Operand) -> Array:
-    return np.not_equal(left, right)
-
-
-def logical_and(left: Operand, right: Operand) -> Array:
-    return np.logical_and(left, right)
-
-
-def logical_or(left: Operand, right: Operand) -> Array:
-    return np.logical_or(left, right)
-
-
-def logical_xor(left: Operand, right: Operand) -> Array:
-    return np.logical_xor(left, right)
-
-
-def _no_grad_binary_vjp(
-    output_grad: Array,
-    output: Array,
-    left: Operand,
-    right: Operand,
-    needs: Needs = None,
-) -> tuple[None, None]:
-    return None, None
-
-
-greater_vjp = greater_equal_vjp = less_vjp = less_equal_vjp = _no_grad_binary_vjp
-equal_vjp = not_equal_vjp = _no_grad_binary_vjp
-logical_and_vjp = logical_or_vjp = logical_xor_vjp = _no_grad_binary_vjp
-
-
-def logical_not(input: Operand) -> Array:
-    return np.logical_not(input)
-
-
-def logical_not_vjp(
-    output_grad: Array, output: Array, input: Operand, needs: Needs = None
-) -> tuple[None]:
-    return (None,)
-
-
-def where(condition: Array, input1: Operand, input2: Operand) -> Array:
-    return np.where(condition, input1, input2)
-
-
-def where_vjp(
-    output_grad: Array,
-    output: Array,
-    condition: Array,
-    input1: Operand,
-    input2: Operand,
-    needs: Needs = None,
-) -> tuple[None, Grad, Grad]:
-    return (
-        None,
-        reduce_to(np.where(condition, output_grad, 0), input1)
-        if wants(needs, 1, input1)
-        else None,
-        reduce_to(np.where(condition, 0, output_grad), input2)
-        if wants(needs, 2, input2)
-        else None,
-    )
-
-
 def cast(input: Array, dtype: str) -> Array:
     return np.asarray(input).astype(dtype)
 
@@ -531,46 +184,9 @@ def stop_gradient(input: Array) -> Array:
     return input
 
 
-def stop_gradient_vjp(
-    output_grad: Array, output: Array, input: Array, needs: Needs = None
-) -> tuple[None]:
-    return (None,)
-
-
-LOWERINGS: dict[str, Lowering] = {
-    "add": (add, add_vjp),
-    "subtract": (subtract, subtract_vjp),
-    "multiply": (multiply, multiply_vjp),
-    "divide": (divide, divide_vjp),
-    "floor_divide": (floor_divide, floor_divide_vjp),
-    "power": (power, power_vjp),
-    "minimum": (minimum, minimum_vjp),
-    "maximum": (maximum, maximum_vjp),
-    "negate": (negate, negate_vjp),
-    "absolute": (absolute, absolute_vjp),
-    "exponential": (exponential, exponential_vjp),
-    "log": (log, log_vjp),
-    "sqrt": (sqrt, sqrt_vjp),
-    "sine": (sine, sine_vjp),
-    "cosine": (cosine, cosine_vjp),
-    "relu": (relu, relu_vjp),
-    "sigmoid": (sigmoid, sigmoid_vjp),
-    "tanh": (tanh, tanh_vjp),
-    "softplus": (softplus, softplus_vjp),
-    "silu": (silu, silu_vjp),
-    "leaky_relu": (leaky_relu, leaky_relu_vjp),
+LOWERINGS: dict[str, Entry] = {
+    "power": with_vjp("power", power_vjp),
     "gelu": (gelu, gelu_vjp),
-    "greater": (greater, greater_vjp),
-    "greater_equal": (greater_equal, greater_equal_vjp),
-    "less": (less, less_vjp),
-    "less_equal": (less_equal, less_equal_vjp),
-    "equal": (equal, equal_vjp),
-    "not_equal": (not_equal, not_equal_vjp),
-    "logical_and": (logical_and, logical_and_vjp),
-    "logical_or": (logical_or, logical_or_vjp),
-    "logical_xor": (logical_xor, logical_xor_vjp),
-    "logical_not": (logical_not, logical_not_vjp),
-    "where": (where, where_vjp),
     "cast": (cast, cast_vjp),
-    "stop_gradient": (stop_gradient, stop_gradient_vjp),
+    "stop_gradient": (stop_gradient, vjp_from_rules(StopGradient.grad_rules)),
 }

@@ -4,16 +4,13 @@ import numpy as np
 
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
+    Entry,
     Grad,
-    Lowering,
     Needs,
     unbroadcast,
     wants,
+    with_vjp,
 )
-
-
-def matrix_multiply(left: Array, right: Array) -> Array:
-    return np.matmul(left, right)
 
 
 def matrix_multiply_vjp(
@@ -46,6 +43,6 @@ def _right_grad(grad: Array, lhs: Array, rhs: Array) -> Array:
     return unbroadcast(lhs.swapaxes(-1, -2) @ grad, rhs.shape)
 
 
-LOWERINGS: dict[str, Lowering] = {
-    "matrix_multiply": (matrix_multiply, matrix_multiply_vjp)
+LOWERINGS: dict[str, Entry] = {
+    "matrix_multiply": with_vjp("matrix_multiply", matrix_multiply_vjp)
 }

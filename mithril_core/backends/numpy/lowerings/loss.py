@@ -4,8 +4,8 @@ import numpy as np
 
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
+    Entry,
     Grad,
-    Lowering,
     Needs,
     reduce_to,
     wants,
@@ -160,7 +160,7 @@ def binary_cross_entropy_vjp(
     return g_input, g_target, None
 
 
-LOWERINGS: dict[str, Lowering] = {
+LOWERINGS: dict[str, Entry] = {
     "squared_error": (squared_error, squared_error_vjp),
     "absolute_error": (absolute_error, absolute_error_vjp),
     "cross_entropy": (cross_entropy, cross_entropy_vjp),

@@ -7,8 +7,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
+    Entry,
     Grad,
-    Lowering,
     Needs,
     reduce_to,
     wants,
@@ -506,7 +506,7 @@ def pad_vjp(
     return grad, None, None, None
 
 
-LOWERINGS: dict[str, Lowering] = {
+LOWERINGS: dict[str, Entry] = {
     "softmax": (softmax, softmax_vjp),
     "log_softmax": (log_softmax, log_softmax_vjp),
     "conv1d": (conv1d, conv1d_vjp),

@@ -7,10 +7,11 @@ import numpy as np
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
     Axis,
+    Entry,
     Grad,
-    Lowering,
     Needs,
     wants,
+    with_vjp,
 )
 
 
@@ -25,10 +26,6 @@ def _count(input: Array, axis: Axis) -> int:
     return math.prod(input.shape[a] for a in axes)
 
 
-def sum(input: Array, axis: Axis, keepdim: bool) -> Array:
-    return np.sum(input, axis=axis, keepdims=keepdim)
-
-
 def sum_vjp(
     output_grad: Array,
     output: Array,
@@ -40,10 +37,6 @@ def sum_vjp(
     if not wants(needs, 0, input):
         return None, None, None
     return np.broadcast_to(_keep(output_grad, axis, keepdim), input.shape), None, None
-
-
-def mean(input: Array, axis: Axis, keepdim: bool) -> Array:
-    return np.mean(input, axis=axis, keepdims=keepdim)
 
 
 def mean_vjp(
@@ -60,10 +53,6 @@ def mean_vjp(
     return np.broadcast_to(grad, input.shape), None, None
 
 
-def max(input: Array, axis: Axis, keepdim: bool) -> Array:
-    return np.max(input, axis=axis, keepdims=keepdim)
-
-
 def max_vjp(
     output_grad: Array,
     output: Array,
@@ -73,10 +62,6 @@ def max_vjp(
     needs: Needs = None,
 ) -> tuple[Grad, None, None]:
     return _extreme_vjp(output_grad, output, input, axis, keepdim, needs)
-
-
-def min(input: Array, axis: Axis, keepdim: bool) -> Array:
-    return np.min(input, axis=axis, keepdims=keepdim)
 
 
 def min_vjp(
@@ -137,14 +122,6 @@ def variance_vjp(
     return grad, None, None, None
 
 
-def arg_max(input: Array, axis: int | None, keepdim: bool) -> Array:
-    return np.argmax(input, axis=axis, keepdims=keepdim).astype(np.int64, copy=False)
-
-
-def arg_min(input: Array, axis: int | None, keepdim: bool) -> Array:
-    return np.argmin(input, axis=axis, keepdims=keepdim).astype(np.int64, copy=False)
-
-
 def arg_max_vjp(
     output_grad: Array,
     output: Array,
@@ -158,12 +135,12 @@ def arg_max_vjp(
 
 arg_min_vjp = arg_max_vjp
 
-LOWERINGS: dict[str, Lowering] = {
-    "sum": (sum, sum_vjp),
-    "mean": (mean, mean_vjp),
-    "max": (max, max_vjp),
-    "min": (min, min_vjp),
+LOWERINGS: dict[str, Entry] = {
+    "sum": with_vjp("sum", sum_vjp),
+    "mean": with_vjp("mean", mean_vjp),
+    "max": with_vjp("max", max_vjp),
+    "min": with_vjp("min", min_vjp),
     "variance": (variance, variance_vjp),
-    "arg_max": (arg_max, arg_max_vjp),
-    "arg_min": (arg_min, arg_min_vjp),
+    "arg_max": with_vjp("arg_max", arg_max_vjp),
+    "arg_min": with_vjp("arg_min", arg_min_vjp),
 }

@@ -9,8 +9,8 @@ import numpy as np
 
 from mithril_core.backends.numpy.lowerings._utils import (
     Array,
+    Entry,
     Grad,
-    Lowering,
     Needs,
     _needs,
     is_float,
@@ -243,7 +243,7 @@ def expand_vjp(
     ), None
 
 
-LOWERINGS: dict[str, Lowering] = {
+LOWERINGS: dict[str, Entry] = {
     "reshape": (reshape, reshape_vjp),
     "transpose": (transpose, transpose_vjp),
     "flatten": (flatten, flatten_vjp),

@@ -14,26 +14,6 @@ from mithril_jax._dtypes import jax_dtype
 Value = jax.Array | int | float | bool
 
 
-def add(left: Value, right: Value) -> Any:
-    return left + right
-
-
-def subtract(left: Value, right: Value) -> Any:
-    return left - right
-
-
-def multiply(left: Value, right: Value) -> Any:
-    return left * right
-
-
-def divide(left: Value, right: Value) -> Any:
-    return left / right
-
-
-def floor_divide(left: Value, right: Value) -> Any:
-    return left // right
-
-
 def power(base: Value, exponent: Value) -> Any:
     if jnp.issubdtype(jnp.result_type(base, exponent), jnp.floating):
         return _float_power(base, exponent)
@@ -63,112 +43,12 @@ def _float_power_jvp(primals: tuple[Value, Value], tangents: tuple[Any, Any]) ->
     return output, tangent
 
 
-def minimum(left: Value, right: Value) -> jax.Array:
-    return jnp.minimum(left, right)
-
-
-def maximum(left: Value, right: Value) -> jax.Array:
-    return jnp.maximum(left, right)
-
-
-def negate(input: Value) -> Any:
-    return -input
-
-
-def absolute(input: Value) -> jax.Array:
-    return jnp.abs(input)
-
-
-def exponential(input: Value) -> jax.Array:
-    return jnp.exp(input)
-
-
-def log(input: Value) -> jax.Array:
-    return jnp.log(input)
-
-
-def sqrt(input: Value) -> jax.Array:
-    return jnp.sqrt(input)
-
-
-def sine(input: Value) -> jax.Array:
-    return jnp.sin(input)
-
-
-def cosine(input: Value) -> jax.Array:
-    return jnp.cos(input)
-
-
 def relu(input: Value) -> jax.Array:
     return jax.nn.relu(input)
 
 
-def sigmoid(input: Value) -> jax.Array:
-    return jax.nn.sigmoid(input)
-
-
-def tanh(input: Value) -> jax.Array:
-    return jnp.tanh(input)
-
-
-def softplus(input: Value) -> jax.Array:
-    return jax.nn.softplus(input)
-
-
-def silu(input: Value) -> jax.Array:
-    return jax.nn.silu(input)
-
-
-def leaky_relu(input: Value, slope: float) -> jax.Array:
-    return jax.nn.leaky_relu(input, slope)
-
-
 def gelu(input: Value, approximate: bool) -> jax.Array:
     return jax.nn.gelu(input, approximate=approximate)
-
-
-def greater(left: Value, right: Value) -> jax.Array:
-    return jnp.greater(left, right)
-
-
-def greater_equal(left: Value, right: Value) -> jax.Array:
-    return jnp.greater_equal(left, right)
-
-
-def less(left: Value, right: Value) -> jax.Array:
-    return jnp.less(left, right)
-
-
-def less_equal(left: Value, right: Value) -> jax.Array:
-    return jnp.less_equal(left, right)
-
-
-def equal(left: Value, right: Value) -> jax.Array:
-    return jnp.equal(left, right)
-
-
-def not_equal(left: Value, right: Value) -> jax.Array:
-    return jnp.not_equal(left, right)
-
-
-def logical_and(left: Value, right: Value) -> jax.Array:
-    return jnp.logical_and(left, right)
-
-
-def logical_or(left: Value, right: Value) -> jax.Array:
-    return jnp.logical_or(left, right)
-
-
-def logical_xor(left: Value, right: Value) -> jax.Array:
-    return jnp.logical_xor(left, right)
-
-
-def logical_not(input: Value) -> jax.Array:
-    return jnp.logical_not(input)
-
-
-def where(condition: Value, input1: Value, input2: Value) -> jax.Array:
-    return jnp.where(condition, input1, input2)
 
 
 def cast(input: Value, dtype: Dtype | str) -> jax.Array:
@@ -180,39 +60,9 @@ def stop_gradient(input: jax.Array) -> jax.Array:
 
 
 LOWERINGS: dict[str, Callable[..., Any]] = {
-    "add": add,
-    "subtract": subtract,
-    "multiply": multiply,
-    "divide": divide,
-    "floor_divide": floor_divide,
     "power": power,
-    "minimum": minimum,
-    "maximum": maximum,
-    "negate": negate,
-    "absolute": absolute,
-    "exponential": exponential,
-    "log": log,
-    "sqrt": sqrt,
-    "sine": sine,
-    "cosine": cosine,
     "relu": relu,
-    "sigmoid": sigmoid,
-    "tanh": tanh,
-    "softplus": softplus,
-    "silu": silu,
-    "leaky_relu": leaky_relu,
     "gelu": gelu,
-    "greater": greater,
-    "greater_equal": greater_equal,
-    "less": less,
-    "less_equal": less_equal,
-    "equal": equal,
-    "not_equal": not_equal,
-    "logical_and": logical_and,
-    "logical_or": logical_or,
-    "logical_xor": logical_xor,
-    "logical_not": logical_not,
-    "where": where,
     "cast": cast,
     "stop_gradient": stop_gradient,
 }

@@ -1,14 +1,9 @@
+"""Every linalg primitive is lowered by the shared array-API table
+(``mithril_core.backends.array_api``); jax needs no override."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
-
-def matrix_multiply(left: jax.Array, right: jax.Array) -> jax.Array:
-    return jnp.matmul(left, right)
-
-
-LOWERINGS: dict[str, Callable[..., Any]] = {"matrix_multiply": matrix_multiply}
+LOWERINGS: dict[str, Callable[..., Any]] = {}

@@ -16,26 +16,6 @@ def _array(value: Value) -> mx.array:
     return value if isinstance(value, mx.array) else mx.array(value)
 
 
-def add(left: Value, right: Value) -> Any:
-    return mx.add(left, right)
-
-
-def subtract(left: Value, right: Value) -> Any:
-    return mx.subtract(left, right)
-
-
-def multiply(left: Value, right: Value) -> Any:
-    return mx.multiply(left, right)
-
-
-def divide(left: Value, right: Value) -> Any:
-    return mx.divide(left, right)
-
-
-def floor_divide(left: Value, right: Value) -> Any:
-    return mx.floor_divide(left, right)
-
-
 def power(base: Value, exponent: Value) -> Any:
     arrays = [v for v in (base, exponent) if isinstance(v, mx.array)]
     if not any(mx.issubdtype(a.dtype, mx.floating) for a in arrays):
@@ -83,95 +63,11 @@ def _reduce_to(grad: mx.array, like: mx.array) -> mx.array:
     return mx.sum(grad, axis=axes).reshape(like.shape) if axes else grad
 
 
-def minimum(left: Value, right: Value) -> mx.array:
-    return mx.minimum(left, right)
-
-
-def maximum(left: Value, right: Value) -> mx.array:
-    return mx.maximum(left, right)
-
-
-def negate(input: Value) -> Any:
-    return -input
-
-
-def absolute(input: mx.array) -> mx.array:
-    return mx.abs(input)
-
-
-def exponential(input: mx.array) -> mx.array:
-    return mx.exp(input)
-
-
-def log(input: mx.array) -> mx.array:
-    return mx.log(input)
-
-
-def sqrt(input: mx.array) -> mx.array:
-    return mx.sqrt(input)
-
-
-def sine(input: mx.array) -> mx.array:
-    return mx.sin(input)
-
-
-def cosine(input: mx.array) -> mx.array:
-    return mx.cos(input)
-
-
-def relu(input: mx.array) -> mx.array:
-    return mx.maximum(input, 0)
-
-
-def sigmoid(input: mx.array) -> mx.array:
-    return mx.sigmoid(input)
-
-
-def tanh(input: mx.array) -> mx.array:
-    return mx.tanh(input)
-
-
-def softplus(input: mx.array) -> mx.array:
-    return mx.logaddexp(input, 0)
-
-
-def silu(input: mx.array) -> mx.array:
-    return input * mx.sigmoid(input)
-
-
-def leaky_relu(input: mx.array, slope: float) -> mx.array:
-    return mx.where(input > 0, input, slope * input)
-
-
 def gelu(input: mx.array, approximate: bool) -> mx.array:
     if approximate:
         inner = math.sqrt(2 / math.pi) * (input + 0.044715 * input**3)
         return 0.5 * input * (1 + mx.tanh(inner))
     return 0.5 * input * (1 + mx.erf(input / math.sqrt(2)))
-
-
-def greater(left: Value, right: Value) -> mx.array:
-    return mx.greater(left, right)
-
-
-def greater_equal(left: Value, right: Value) -> mx.array:
-    return mx.greater_equal(left, right)
-
-
-def less(left: Value, right: Value) -> mx.array:
-    return mx.less(left, right)
-
-
-def less_equal(left: Value, right: Value) -> mx.array:
-    return mx.less_equal(left, right)
-
-
-def equal(left: Value, right: Value) -> mx.array:
-    return mx.equal(left, right)
-
-
-def not_equal(left: Value, right: Value) -> mx.array:
-    return mx.not_equal(left, right)
 
 
 def logical_and(left: Value, right: Value) -> mx.array:
@@ -190,10 +86,6 @@ def logical_not(input: Value) -> mx.array:
     return mx.logical_not(_array(input))
 
 
-def where(condition: Value, input1: Value, input2: Value) -> mx.array:
-    return mx.where(condition, input1, input2)
-
-
 def cast(input: Value, dtype: Dtype | str) -> mx.array:
     return _array(input).astype(mlx_dtype(dtype))
 
@@ -203,39 +95,12 @@ def stop_gradient(input: mx.array) -> mx.array:
 
 
 LOWERINGS: dict[str, Callable[..., Any]] = {
-    "add": add,
-    "subtract": subtract,
-    "multiply": multiply,
-    "divide": divide,
-    "floor_divide": floor_divide,
     "power": power,
-    "minimum": minimum,
-    "maximum": maximum,
-    "negate": negate,
-    "absolute": absolute,
-    "exponential": exponential,
-    "log": log,
-    "sqrt": sqrt,
-    "sine": sine,
-    "cosine": cosine,
-    "relu": relu,
-    "sigmoid": sigmoid,
-    "tanh": tanh,
-    "softplus": softplus,
-    "silu": silu,
-    "leaky_relu": leaky_relu,
     "gelu": gelu,
-    "greater": greater,
-    "greater_equal": greater_equal,
-    "less": less,
-    "less_equal": less_equal,
-    "equal": equal,
-    "not_equal": not_equal,
     "logical_and": logical_and,
     "logical_or": logical_or,
     "logical_xor": logical_xor,
     "logical_not": logical_not,
-    "where": where,
     "cast": cast,
     "stop_gradient": stop_gradient,
 }

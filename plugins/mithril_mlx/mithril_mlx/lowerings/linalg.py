@@ -1,13 +1,9 @@
+"""Every linalg primitive is lowered by the shared array-API table
+(``mithril_core.backends.array_api``); mlx needs no override."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-import mlx.core as mx
-
-
-def matrix_multiply(left: mx.array, right: mx.array) -> mx.array:
-    return mx.matmul(left, right)
-
-
-LOWERINGS: dict[str, Callable[..., Any]] = {"matrix_multiply": matrix_multiply}
+LOWERINGS: dict[str, Callable[..., Any]] = {}
