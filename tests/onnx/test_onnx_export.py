@@ -86,7 +86,9 @@ def check_export(
     data = {k: backend.array(v) for k, v in data.items()}
     expected = pm.evaluate(params, data)
     path = None if tmp_path is None else tmp_path / "model.onnx"
-    exported = pm.to_onnx(path, params=params)
+    exported = pm.to_onnx(
+        path, params=params, input_dtypes={k: v.dtype for k, v in data.items()}
+    )
     onnx.checker.check_model(exported, full_check=True)
     if path is not None:
         assert onnx.load(str(path)) == exported
@@ -279,16 +281,33 @@ def test_dropout_in_training_mode_is_refused_by_name() -> None:
         model, ml.NumpyBackend(), shapes={"input": [2, 3]}, data_keys={"input"}
     )
     with pytest.raises(MissingLoweringError, match=r"dropout_0: primitive 'dropout'"):
-        pm.to_onnx(params={})
+        pm.to_onnx(params={}, input_dtypes={"input": np.float32})
 
 
-def test_an_operator_without_onnx_lowering_is_named_with_its_path() -> None:
+def softsign_model() -> Model:
     from example_ops import Softsign
 
     model = Model()
-    model |= Softsign()(input=IOKey("input"), output=IOKey("output"))
+    model |= Softsign()(
+        input=IOKey("input", type=ml.models.Tensor[float]), output=IOKey("output")
+    )
+    return model
+
+
+def test_an_operator_without_onnx_lowering_is_named_with_its_path(monkeypatch) -> None:
+    from mithril_core.plugins import get_registry
+
+    registry = get_registry()
+    original = registry.lowerings
+    table = {k: v for k, v in original("onnx").items() if k != "example_ops.softsign"}
+    monkeypatch.setattr(
+        registry, "lowerings", lambda name: table if name == "onnx" else original(name)
+    )
     pm = ml.compile(
-        model, ml.NumpyBackend(), shapes={"input": [2, 3]}, data_keys={"input"}
+        softsign_model(),
+        ml.NumpyBackend(),
+        shapes={"input": [2, 3]},
+        data_keys={"input"},
     )
     with pytest.raises(MissingLoweringError) as info:
         pm.to_onnx(params={})
@@ -296,33 +315,21 @@ def test_an_operator_without_onnx_lowering_is_named_with_its_path() -> None:
     assert "mithril_lowerings" in str(info.value)
 
 
-def test_a_third_party_package_adds_an_onnx_lowering(monkeypatch) -> None:
-    """A plugin's ``mithril_lowerings("onnx")`` lowers its operator (fresh manager)."""
-    from example_ops import Softsign
+def test_a_third_party_package_adds_an_onnx_lowering() -> None:
+    """example_ops lowers its operator for ONNX through ``mithril_lowerings("onnx")``
+    (its own entry point)."""
+    from mithril_core.plugins import get_registry
 
-    from mithril_core import plugins
-    from mithril_core.hookspecs import hookimpl
-
-    class SoftsignOnnx:
-        @hookimpl
-        def mithril_lowerings(self, backend: str) -> Any:
-            if backend != "onnx":
-                return None
-
-            def softsign(g: Any, input: Any) -> Any:
-                return g.op("Div", input, g.op("Add", g.op("Abs", input), 1.0))
-
-            return {"example_ops.softsign": softsign}
-
-    manager = plugins.create_manager()
-    manager.register(SoftsignOnnx(), name="softsign_onnx")
-    registry = plugins.Registry(manager)
-    monkeypatch.setattr(plugins, "get_registry", lambda: registry)
-    assert "example_ops.softsign" in registry.lowerings("onnx")
-    model = Model()
-    model |= Softsign()(input=IOKey("input"), output=IOKey("output"))
+    assert "example_ops.softsign" in get_registry().lowerings("onnx")
     x = RNG.standard_normal((2, 3))
-    check_export(model, {"input": x})
+    exported = check_export(softsign_model(), {"input": x})
+    assert "example_ops.softsign" not in str(exported)  # plain ONNX ops
+    ml_backend = ml.OnnxBackend()
+    pm = ml.compile(
+        softsign_model(), ml_backend, shapes={"input": [2, 3]}, data_keys={"input"}
+    )
+    out = pm.evaluate({}, {"input": ml_backend.array(x)})["output"]
+    np.testing.assert_allclose(out, x / (1 + np.abs(x)), rtol=1e-6)
 
 
 # -- the onnx backend --
@@ -374,3 +381,57 @@ def test_missing_plugin_error_names_the_install_command(monkeypatch) -> None:
     )
     with pytest.raises(MissingBackendError, match="mithril-onnx"):
         pm.to_onnx(params_as_inputs=True)
+
+
+def computed_ids_model() -> Model:
+    from mithril_core.models import Add, Embedding
+
+    model = Model()
+    model |= Add()(left=IOKey("ids"), right=IOKey("offset"), output="computed")
+    model |= Embedding()(
+        input="computed", weight=IOKey("weight"), output=IOKey("output")
+    )
+    return model
+
+
+def test_backend_exports_open_dtype_inputs_at_evaluate_and_nans_bad_ids() -> None:
+    backend = ml.OnnxBackend()
+    pm = ml.compile(
+        computed_ids_model(),
+        backend,
+        shapes={"ids": [4], "offset": [4], "weight": [4, 2]},
+        data_keys={"ids", "offset"},
+    )
+    assert "at each evaluate" in pm.code
+    weight = np.arange(8, dtype=np.float32).reshape(4, 2)
+    data = {"ids": backend.array([0, 1, 2, 3]), "offset": backend.array([1, 0, 5, -4])}
+    out = pm.evaluate({"weight": backend.array(weight)}, data)["output"]
+    # A computed id out of [0, rows) gives NaN, never another row (nor a crash).
+    np.testing.assert_array_equal(out[:2], weight[[1, 1]])
+    assert np.isnan(out[2:]).all()
+
+
+def test_export_of_an_open_dtype_input_asks_for_its_dtype() -> None:
+    pm = ml.compile(
+        computed_ids_model(),
+        ml.NumpyBackend(),
+        shapes={"ids": [4], "offset": [4], "weight": [4, 2]},
+        data_keys={"ids", "offset"},
+    )
+    params = {"weight": np.zeros((4, 2), np.float32)}
+    with pytest.raises(ml.MithrilError, match=r"input_dtypes=\{'ids': 'int64'\}"):
+        pm.to_onnx(params=params)
+    exported = pm.to_onnx(
+        params=params, input_dtypes={"ids": np.int64, "offset": np.int64}
+    )
+    onnx.checker.check_model(exported, full_check=True)
+
+
+def test_every_core_primitive_has_an_onnx_lowering() -> None:
+    from mithril_onnx.lowerings import BUILDERS
+
+    from mithril_core.primitives import CORE_PRIMITIVES
+
+    compile_time = {"dim_from_value", "mode_switch"}  # removed before code generation
+    ops = {cls.op_name for cls in CORE_PRIMITIVES} - compile_time
+    assert sorted(ops - set(BUILDERS)) == []

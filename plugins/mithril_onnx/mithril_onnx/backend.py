@@ -76,10 +76,19 @@ class OnnxBackend(NumpyBackend):
         inference: bool,
         file_path: str | None,
     ) -> Program:
-        from mithril_onnx.export import export_graph
+        from mithril_onnx.export import ambiguous_inputs, export_graph
 
-        model = export_graph(graph, lowerings, dtype=self.dtype.name)
-        source = _text(model)
+        open_keys = ambiguous_inputs(graph)
+        if open_keys:
+            # Exported at the first evaluate, with the dtypes given there.
+            model = None
+            source = (
+                f"# Exported to ONNX at each evaluate with new input dtypes: inputs "
+                f"{open_keys} may be several dtypes.\n"
+            )
+        else:
+            model = export_graph(graph, lowerings, dtype=self.dtype.name)
+            source = _text(model)
         if file_path is not None:
             with open(file_path, "w", encoding="utf-8") as handle:
                 handle.write(source)
@@ -137,12 +146,13 @@ class _Runner:
         self.lowerings = lowerings
         self.keys = tuple(graph.inputs)
         self.outputs = tuple(graph.outputs)
-        self.default = {
-            i.name: _numpy_type(i.type.tensor_type.elem_type) for i in model.graph.input
-        }
-        self.sessions: dict[tuple[Any, ...], Any] = {
-            tuple(self.default[k] for k in self.keys): self._session(model)
-        }
+        self.sessions: dict[tuple[Any, ...], Any] = {}
+        if model is not None:
+            found = {
+                i.name: _numpy_type(i.type.tensor_type.elem_type)
+                for i in model.graph.input
+            }
+            self.sessions[tuple(found[k] for k in self.keys)] = self._session(model)
 
     def _session(self, model: Any) -> Any:
         return self.backend.session(model.SerializeToString())

@@ -23,6 +23,10 @@ Example, a third-party element-wise op::
         return g.op("Div", input, g.op("Add", g.op("Abs", input), 1.0))
 
 Float tensors are the model's float dtype (``dtype=``), int tensors int64.
+
+The hook may give ``fn`` itself or ``OnnxLowering(fn)``: this package's own table
+holds the latter, so that tools that run a backend's lowerings on arrays one node at a
+time (``ml.check_parity``) see that these are graph builders, not array functions.
 """
 
 from __future__ import annotations
@@ -56,6 +60,25 @@ _BOOL_RESULT = frozenset(
     | {"Xor", "IsInf", "IsNaN"}
 )
 _INT64_RESULT = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero"})
+
+
+@dataclass(frozen=True)
+class OnnxLowering:
+    """An ONNX lowering ``build(g, *inputs)`` in a lowering table: not callable, as
+    it builds ONNX nodes rather than computing arrays."""
+
+    build: Lowering
+
+
+def builder_of(entry: Any) -> Lowering:
+    """The ``fn(g, *inputs)`` of a table entry: a function, an :class:`OnnxLowering`,
+    a ``(forward, None)`` tuple or a lowering record holding either."""
+    forward = getattr(entry, "forward", entry)
+    if isinstance(forward, tuple):
+        forward = forward[0]
+    if isinstance(forward, OnnxLowering):
+        return forward.build
+    return forward
 
 
 @dataclass(frozen=True)
@@ -330,14 +353,27 @@ def _kind_of(types: frozenset[str]) -> str | None:
     return None
 
 
-def _input_dtype(types: frozenset[str], float_dtype: np.dtype[Any]) -> np.dtype[Any]:
-    # An input that may hold several kinds is exported as the first of float, int,
-    # bool it admits (documented in the README).
-    if ty.TENSOR_FLOAT in types:
-        return float_dtype
-    if ty.TENSOR_INT in types:
-        return INT64
-    return BOOL
+def ambiguous_inputs(graph: Any) -> list[str]:
+    """Tensor inputs whose dtype kind the model leaves open (float, int or bool)."""
+    return [
+        key
+        for key, value in graph.inputs.items()
+        if value.types <= ty.TENSORS and _kind_of(value.types) is None
+    ]
+
+
+def _input_dtype(
+    key: str, types: frozenset[str], float_dtype: np.dtype[Any]
+) -> np.dtype[Any]:
+    kind = _kind_of(types)
+    if kind is None:
+        msg = (
+            f"ONNX export: input {key!r} may be {ty.format_type(types)}; an ONNX input "
+            f"has one dtype: give it, e.g. input_dtypes={{{key!r}: 'int64'}}, or "
+            f"declare it with IOKey({key!r}, type=Tensor[int])."
+        )
+        raise DtypeError(msg)
+    return {FLOAT_KIND: float_dtype, "i": INT64, "b": BOOL}[kind]
 
 
 # -- export --------------------------------------------------------------------------
@@ -393,9 +429,10 @@ def export_graph(
             continue
         if key in input_shapes:
             shape = list(input_shapes[key])
-        dtype_ = np.dtype(input_dtypes.get(key, _input_dtype(value.types, float_dtype)))
-        if dtype_.kind == FLOAT_KIND and key not in input_dtypes:
-            dtype_ = float_dtype
+        if key in input_dtypes:
+            dtype_ = np.dtype(input_dtypes[key])
+        else:
+            dtype_ = _input_dtype(key, value.types, float_dtype)
         dims = None if shape is None else _symbolic(key, shape)
         graph_inputs.append(
             helper.make_tensor_value_info(key, _onnx_type(dtype_), dims)
@@ -407,7 +444,7 @@ def export_graph(
         g.op_name, g.path = node.op, node.path
         g.prefix = node.output.name
         since = len(g.nodes)
-        result = lowerings[node.op](g, *args)
+        result = builder_of(lowerings[node.op])(g, *args)
         result = _settle(g, node, result, since)
         env[id(node.output)] = result
 

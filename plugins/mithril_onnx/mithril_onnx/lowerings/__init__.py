@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mithril_onnx.export import OnnxLowering
 from mithril_onnx.lowerings import elementwise, linalg, loss, nn, reduction, shape
 
-LOWERINGS: dict[str, Callable[..., Any]] = {
+BUILDERS: dict[str, Callable[..., Any]] = {
     **elementwise.LOWERINGS,
     **reduction.LOWERINGS,
     **shape.LOWERINGS,
@@ -16,5 +17,9 @@ LOWERINGS: dict[str, Callable[..., Any]] = {
     **nn.LOWERINGS,
     **loss.LOWERINGS,
 }
+# ``(OnnxLowering, None)``: a forward that is not an array function, and no VJP.
+LOWERINGS: dict[str, tuple[OnnxLowering, None]] = {
+    op: (OnnxLowering(build), None) for op, build in BUILDERS.items()
+}
 
-__all__ = ["LOWERINGS"]
+__all__ = ["BUILDERS", "LOWERINGS"]

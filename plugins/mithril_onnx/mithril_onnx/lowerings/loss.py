@@ -3,7 +3,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mithril_onnx.export import INT64, OnnxBuilder, Sym
+import numpy as np
+
+from mithril_onnx.export import OnnxBuilder, Sym
+from mithril_onnx.lowerings.nn import valid_indices
 
 
 def squared_error(g: OnnxBuilder, input: Any, target: Any) -> Any:
@@ -24,10 +27,13 @@ def _log_q(g: OnnxBuilder, input: Sym, axis: int, input_type: str) -> Any:
 def cross_entropy(
     g: OnnxBuilder, input: Sym, target: Any, axis: int, input_type: str
 ) -> Any:
-    log_q = _log_q(g, g.floats(input), axis, input_type)
-    index = g.op("Unsqueeze", g.cast(target, INT64), g.ints([axis]))
+    x = g.floats(input)
+    log_q = _log_q(g, x, axis, input_type)
+    valid, safe = valid_indices(g, g.sym(target), g.dims(x)[axis])
+    index = g.op("Unsqueeze", safe, g.ints([axis]))
     picked = g.op("GatherElements", log_q, index, axis=axis)
-    return g.op("Neg", g.op("Squeeze", picked, g.ints([axis])))
+    loss = g.op("Neg", g.op("Squeeze", picked, g.ints([axis])))
+    return g.op("Where", valid, loss, g.const(np.nan, x.dtype))
 
 
 def cross_entropy_soft(

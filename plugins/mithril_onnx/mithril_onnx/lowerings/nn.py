@@ -106,8 +106,24 @@ def adaptive_avg_pool2d(
     return cells[0] if len(cells) == 1 else g.op("Concat", *cells, axis=2)
 
 
+def valid_indices(g: OnnxBuilder, indices: Sym, bound: Any) -> tuple[Any, Any]:
+    """``(valid, safe)``: where ``0 <= indices < bound``, and the indices with the
+    others replaced by 0. Indices computed in the graph are not checked before the
+    run and ONNX cannot raise: an invalid one gives NaN (as JAX and MLX), never
+    another row (Gather would count negatives from the end)."""
+    ids = g.cast(indices, INT64)
+    valid = g.op(
+        "And", g.op("GreaterOrEqual", ids, 0), g.op("Less", ids, g.cast(bound, INT64))
+    )
+    return valid, g.op("Where", valid, ids, g.const(np.int64(0)))
+
+
 def embedding(g: OnnxBuilder, input: Any, weight: Any) -> Any:
-    return g.op("Gather", weight, g.cast(input, INT64), axis=0)
+    weight = g.sym(weight)
+    valid, safe = valid_indices(g, g.sym(input), g.dims(weight)[0])
+    rows = g.op("Gather", weight, safe, axis=0)
+    keep = g.op("Unsqueeze", valid, g.ints([-1]))
+    return g.op("Where", keep, rows, g.const(np.nan, weight.dtype))
 
 
 def _swap_last(g: OnnxBuilder, value: Sym) -> Any:
