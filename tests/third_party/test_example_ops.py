@@ -1,4 +1,5 @@
-"""A separately installed operator package composes, compiles and evaluates."""
+"""A separately installed operator package (``examples/example_ops``, the package of
+``docs/operator-package.md``) composes, compiles and evaluates on every backend."""
 
 import numpy as np
 import pytest
@@ -42,6 +43,35 @@ def test_softsign_on_every_backend(backend_name):
     )
 
 
+def test_softsign_forward_on_inference_backends(inference_backend_name):
+    backend = ml.backend(inference_backend_name, dtype=ml.float32)
+    model = Model()
+    model += Linear(3)(input="input")
+    model += example_ops.Softsign()(output=IOKey("output"))
+    pm = ml.compile(
+        model, backend, shapes={"input": [4, 2]}, data_keys={"input"}, jit=False
+    )
+    params = pm.randomize_params(seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 2)).astype(np.float32)
+    out = pm.evaluate(params, {"input": backend.array(x)})
+    w = backend.to_numpy(params["linear_0_weight"]).astype(np.float64)
+    b = backend.to_numpy(params["linear_0_bias"]).astype(np.float64)
+    z = x @ w.T + b
+    np.testing.assert_allclose(
+        backend.to_numpy(out["output"]), z / (1 + np.abs(z)), rtol=1e-5
+    )
+
+
+def test_parity_of_the_example_operator():
+    model = Model()
+    model += Linear(3)(input="input")
+    model += example_ops.Softsign(name="squash")(output=IOKey("output"))
+    data = {"input": np.random.default_rng(0).standard_normal((4, 2))}
+    report = ml.check_parity(model, data=data)
+    assert report.ok, str(report)
+    assert set(report.results) == set(ml.available_backends())
+
+
 def test_missing_lowering_names_operator_backend_and_path(monkeypatch):
     from mithril_core.errors import MissingLoweringError
     from mithril_core.plugins import get_registry
@@ -59,3 +89,26 @@ def test_missing_lowering_names_operator_backend_and_path(monkeypatch):
     assert "'example_ops.softsign'" in message
     assert "'numpy'" in message
     assert "squash" in message
+
+
+def test_the_guide_shows_the_package_as_it_is():
+    """docs/operator-package.md quotes the package's files and this file's test whole:
+    they must not drift apart."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    guide = (root / "docs" / "operator-package.md").read_text()
+    python = re.findall(r"```python\n(.*?)```", guide, re.S)
+    toml = re.findall(r"```toml\n(.*?)```", guide, re.S)
+    package = root / "examples" / "example_ops"
+
+    def quoted(block):  # the block without its "# path" first line
+        return block.split("\n", 1)[1]
+
+    assert quoted(toml[0]) == (package / "pyproject.toml").read_text()
+    primitives = package / "example_ops" / "primitives.py"
+    assert quoted(python[0]) == primitives.read_text()
+    plugin = package / "example_ops" / "plugin.py"
+    assert quoted(python[1]) + "\n\n" + python[2] == plugin.read_text()
+    assert python[5] in Path(__file__).read_text()

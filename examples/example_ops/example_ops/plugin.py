@@ -36,4 +36,10 @@ def mithril_lowerings(backend: str) -> Mapping[str, Any] | None:
                 ("{g} / ((1 + MC_FABS({0})) * (1 + MC_FABS({0})))",),
             )
         }
+    if backend == "onnx":  # builds ONNX nodes for ml.to_onnx and the onnx backend
+        return {"example_ops.softsign": _softsign_onnx}
     return None
+
+
+def _softsign_onnx(g: Any, input: Any) -> Any:  # noqa: A002
+    return g.op("Div", input, g.op("Add", g.op("Abs", input), 1.0))
