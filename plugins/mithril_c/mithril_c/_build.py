@@ -42,14 +42,17 @@ KERNELS = ("elementwise.c", "reduction.c", "shape.c", "linalg.c", "nn.c", "loss.
 # Portable: no -march=native (cached libraries may move between machines) and no
 # -ffast-math (results must match NumPy). -fno-math-errno and -fno-trapping-math
 # change no value: they let sqrt and branch-free selects (relu, sigmoid) vectorise.
+# -fopenmp: kernels and generated loops run on OpenMP teams (gcc's libgomp).
 CFLAGS = (
     "-O3",
+    "-fopenmp",
     "-fno-math-errno",
     "-fno-trapping-math",
     "-ffp-contract=off",
     "-std=gnu11",
     "-Werror=implicit-function-declaration",
 )
+LDFLAGS = ("-fopenmp",)
 
 
 @dataclass
@@ -161,7 +164,7 @@ def _openblas() -> tuple[str, str, str]:
 
 
 def cdef(real: str, functions: tuple[str, ...]) -> str:
-    lines = [f"typedef {real} real;"]
+    lines = [f"typedef {real} real;", "void mc_set_threads(int n);"]
     for name in functions:
         if name == "mc_backward":
             lines.append(f"int {name}(real *const *io, real *const *og, real *ws);")
@@ -188,7 +191,7 @@ def build(
         real,
         repr(functions),
         repr(cflags),
-        repr(extra_ldflags),
+        repr((*LDFLAGS, *extra_ldflags)),
         sys.version,
         _cffi_version(),
         libdir,
@@ -316,7 +319,7 @@ def _compile(
         libraries=[library],
         define_macros=[("MC_REAL", real)],
         extra_compile_args=list(cflags),
-        extra_link_args=[f"-Wl,-rpath,{libdir}", *ldflags],
+        extra_link_args=[f"-Wl,-rpath,{libdir}", *LDFLAGS, *ldflags],
     )
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=library_path.parent))
     try:

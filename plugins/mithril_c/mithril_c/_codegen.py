@@ -122,10 +122,18 @@ def loop_nest(
     strides: Sequence[Sequence[int]],
     body: Callable[[list[str]], list[str]],
     var: str = "i",
+    *,
+    writes: Sequence[int] | None = None,
+    work: int | None = None,
 ) -> list[str]:
     """Nested loops over ``shape``; ``body`` gets one index expression per stride set.
     Size-1 dims are dropped and dims every access walks contiguously are merged, so a
-    same-shape element-wise loop is one flat loop."""
+    same-shape element-wise loop is one flat loop.
+
+    ``writes`` (positions of the stride sets the body writes) allows splitting the
+    outermost loop over an OpenMP team, when ``work`` (element operations, default the
+    element count) is worth it and no write target repeats along that loop (a
+    broadcast gradient summed over it stays serial)."""
     if math.prod(shape) == 0:
         return []
     merged: list[tuple[int, list[int]]] = []
@@ -152,6 +160,9 @@ def loop_nest(
         index.append(" + ".join(terms) if terms else "0")
     lines: list[str] = []
     indent = ""
+    team = _team(merged, writes, math.prod(shape) if work is None else work)
+    if team:
+        lines += ["{", f"    int mc_t = mc_team({team});", PARALLEL_FOR]
     for name, (size, _) in zip(names, merged, strict=True):
         lines.append(f"{indent}for (long {name} = 0; {name} < {size}; ++{name}) {{")
         indent += "    "
@@ -161,7 +172,28 @@ def loop_nest(
     lines += [indent + line for line in body(index)]
     for depth in range(max(len(merged), 1) - 1, -1, -1):
         lines.append("    " * depth + "}")
+    if team:
+        lines.append("}")
     return lines
+
+
+# Splits a loop over the calling thread's team (mc_team in csrc/mithril_c.h).
+PARALLEL_FOR = (
+    "#pragma omp parallel for if (mc_t > 1) num_threads(mc_t) schedule(static)"
+)
+# Loops below this much work get no OpenMP code at all (mc_team would say 1 anyway):
+# tiny models keep their per-call cost.
+GRAIN = 2 * 32768
+
+
+def _team(
+    merged: list[tuple[int, list[int]]], writes: Sequence[int] | None, work: int
+) -> int:
+    """The work to give mc_team for a split outermost loop, 0 for none."""
+    if writes is None or not merged or work < GRAIN or merged[0][0] < 2:
+        return 0
+    steps = merged[0][1]
+    return work if all(steps[w] != 0 for w in writes) else 0
 
 
 _IDENTIFIER_CHARS = frozenset(string.ascii_letters + string.digits + "_")
@@ -807,6 +839,7 @@ class Emitter:
         shape: tuple[int, ...],
         accesses: list[tuple[str, tuple[int, ...]]],
         body: list[str],
+        writes: Sequence[int],
     ) -> None:
         def fill(index: list[str]) -> list[str]:
             result = []
@@ -818,7 +851,9 @@ class Emitter:
                 result.append("".join(pieces))
             return result
 
-        self.line(*loop_nest(shape, [s for _, s in accesses], fill))
+        strides = [s for _, s in accesses]
+        work = math.prod(shape) * max(len(body), 1)
+        self.line(*loop_nest(shape, strides, fill, writes=writes, work=work))
 
     def emit_group(self, nodes: list[Node], store: set[int]) -> None:
         """One loop computing a run of same-shape element-wise nodes."""
@@ -840,13 +875,15 @@ class Emitter:
             temps[id(node.output)] = (f"t{k}", ctype)
             if id(node.output) in store:
                 writes.append((self.out(node), f"t{k}"))
+        written = []
         for pointer, temp in writes:
             index = len(accesses)
+            written.append(index)
             accesses.append((pointer, contiguous_strides(shape)))
             body.append(f"\x00{index}\x00 = {temp};")
         ops = ", ".join(n.op for n in nodes)
         self.line(f"/* {comment_text(ops)} */")
-        self._emit_loop(shape, accesses, body)
+        self._emit_loop(shape, accesses, body, written)
 
     def emit_elementwise_vjp(self, node: Node, needs: tuple[bool, ...]) -> None:
         vjps = self.lowerings[node.op][1]
@@ -876,6 +913,7 @@ class Emitter:
         if "y" in used:
             named["y"] = self._operand(node.output, shape, temps, accesses, seen)
         body = []
+        written = []
         mode: dict[int, str] = {}
         same = math.prod(shape)
         for j, value in targets:
@@ -896,12 +934,13 @@ class Emitter:
                 else:
                     mode[id(value)] = "+=" if accumulate else "="
             index = len(accesses)
+            written.append(index)
             accesses.append((pointer, broadcast_strides(shape_of(value), shape)))
             expr = vjps[j].format(*args, **named)
             body.append(f"\x00{index}\x00 {mode[id(value)]} {expr};")
             mode[id(value)] = "+="
         self.line(f"/* {comment_text(node.op)} vjp */")
-        self._emit_loop(shape, accesses, body)
+        self._emit_loop(shape, accesses, body, written)
 
     def _operand_ptr(
         self,

@@ -56,7 +56,9 @@ class Runtime:
     state between calls (a dropout RNG) has one context and its calls take turns.
     """
 
-    def __init__(self, module: ModuleType, plan: Plan, dtype: np.dtype) -> None:
+    def __init__(
+        self, module: ModuleType, plan: Plan, dtype: np.dtype, threads: int = 1
+    ) -> None:
         self.ffi = module.ffi
         self.lib = module.lib
         self.plan = plan
@@ -81,16 +83,28 @@ class Runtime:
         self.zeros.flags.writeable = False
         self.zero_buffer = self._pointer(self.zeros)
         self.pool = [_Context(self)]
+        self.contexts = len(self.pool)
         self.turns = threading.Lock() if plan.stateful else None
+        self.threads = threads
+        self.set_threads = self.lib.mc_set_threads
 
     def _acquire(self) -> _Context:
+        """A context for this call; also sets the calling thread's team size: the
+        model's threads, shared out among the calls in flight (so that concurrent
+        callers do not oversubscribe the cores)."""
         if self.turns is not None:
             self.turns.acquire()
+            self.set_threads(self.threads)
             return self.pool[0]
         try:
-            return self.pool.pop()  # atomic under the GIL
+            context = self.pool.pop()  # atomic under the GIL
         except IndexError:
-            return _Context(self)
+            context = _Context(self)
+            self.contexts += 1
+        # A snapshot, not a lock: a stale count only shifts threads between calls.
+        busy = max(self.contexts - len(self.pool), 1)
+        self.set_threads(max(self.threads // busy, 1))
+        return context
 
     def _release(self, context: _Context) -> None:
         if self.turns is not None:

@@ -49,6 +49,12 @@ class CBackend(Backend):
         compiled C touches.
     :param extra_cflags: additional compiler flags (e.g. sanitizers); part of the cache
         key. ``extra_ldflags`` likewise for the link.
+    :param threads: how many threads one evaluate may use (OpenMP teams in the kernels
+        and generated loops; matrix products are split into one OpenBLAS call per
+        thread). ``None``: ``$MITHRIL_C_THREADS``, else the number of physical cores
+        this process may run on. Concurrent evaluates share them out. Work is split
+        over independent outputs only (no sum is split), so results match one
+        thread's up to the rounding of matrix products split into blocks.
     """
 
     name = "c"
@@ -65,6 +71,7 @@ class CBackend(Backend):
         *,
         extra_cflags: tuple[str, ...] = (),
         extra_ldflags: tuple[str, ...] = (),
+        threads: int | None = None,
     ) -> None:
         if device != "cpu":
             msg = f"CBackend runs on 'cpu' only, not {device!r}."
@@ -78,6 +85,7 @@ class CBackend(Backend):
             raise DtypeError(msg)
         self.extra_cflags = tuple(extra_cflags)
         self.extra_ldflags = tuple(extra_ldflags)
+        self.threads = _threads(threads)
 
     def array(self, data: Any, dtype: Dtype | str | None = None) -> np.ndarray:
         if hasattr(data, "detach"):  # a torch tensor handed over directly
@@ -191,7 +199,7 @@ class CBackend(Backend):
             extra_cflags=self.extra_cflags,
             extra_ldflags=self.extra_ldflags,
         )
-        return Runtime(module, plan, np.dtype(self.dtype.name))
+        return Runtime(module, plan, np.dtype(self.dtype.name), self.threads)
 
     def build_evaluator(self, program: Program, *, jit: bool) -> Evaluator:
         forward = program.forward
@@ -323,6 +331,51 @@ class _Specializations:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         runtime = self._select(inputs)
         return runtime.forward_backward(inputs, output_gradients)
+
+
+def _threads(threads: int | None) -> int:
+    """The thread count: ``threads``, else ``$MITHRIL_C_THREADS``, else the physical
+    cores this process may run on."""
+    import os
+
+    where, given = "CBackend(threads=...)", repr(threads)
+    if threads is None:
+        text = os.environ.get("MITHRIL_C_THREADS", "").strip()
+        if not text:
+            return physical_cores()
+        where, given = "MITHRIL_C_THREADS", repr(text)
+        threads = int(text) if text.isdigit() else 0
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        msg = (
+            f"{where}: expected a whole number of threads >= 1, got {given}; "
+            "unset it (or pass threads=None) for one per physical core."
+        )
+        raise CompileError(msg)
+    return threads
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on: distinct (package,
+    core) pairs in /sys/devices/system/cpu/cpu<N>/topology. Where that is not
+    readable (not Linux, a restricted /sys), every allowed logical CPU counts."""
+    import os
+
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id", encoding="ascii") as handle:
+                package = handle.read().strip()
+            with open(f"{topology}/core_id", encoding="ascii") as handle:
+                core = handle.read().strip()
+        except OSError:
+            return len(allowed) or 1
+        cores.add((package, core))
+    return len(cores) or 1
 
 
 def _write(file_path: str, source: str) -> None:

@@ -12,10 +12,48 @@
 #include <stdint.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #ifndef MC_REAL
 #define MC_REAL double
 #endif
 typedef MC_REAL real;
+
+/* -- threads (linalg.c) ------------------------------------------------------------
+ * Kernels and generated loops run on a team of up to mc_set_threads(n) threads of
+ * the calling thread (1 until set: a library used from C is serial unless asked).
+ * The count is per calling thread, so two models (or two callers) with different
+ * counts do not interfere; a loop inside a parallel region runs serially (no nested
+ * teams). Work is only ever split over independent outputs: no sum is split over
+ * threads. OpenBLAS itself is set to one thread by the first mc_set_threads: matrix
+ * products are split here, into column (or row) blocks, which OpenBLAS may round
+ * differently from one whole product (its kernels depend on the block size). */
+extern __thread int mc_thread_count;
+void mc_set_threads(int n);
+/* Element operations worth one more thread (a team costs microseconds). */
+#define MC_GRAIN 32768L
+/* The team size for ``work`` element operations: 1 when small or already inside a
+ * parallel region. */
+static inline int mc_team(long work) {
+#ifdef _OPENMP
+    int most = mc_thread_count;
+    if (most <= 1 || work < 2 * MC_GRAIN || omp_in_parallel()) return 1;
+    long useful = work / MC_GRAIN;
+    return useful < most ? (int)useful : most;
+#else
+    (void)work;
+    return 1;
+#endif
+}
+/* Start of part ``p`` of ``t`` of [0, n), on multiples of ``align``. */
+static inline long mc_split(long n, int t, int p, long align) {
+    if (p >= t) return n;
+    long at = n * p / t;
+    at = (at + align - 1) / align * align;
+    return at < n ? at : n;
+}
 
 #define MC_IS_FLOAT (sizeof(real) == sizeof(float))
 

@@ -2,67 +2,75 @@
 #include "mithril_c.h"
 
 MC_DISPATCH void mc_softmax(real *y, const real *x, long outer, long n, long inner) {
-    for (long o = 0; o < outer; ++o) {
-        for (long j = 0; j < inner; ++j) {
-            const real *xr = x + o * n * inner + j;
-            real *yr = y + o * n * inner + j;
-            real top = xr[0];
-            for (long i = 1; i < n; ++i) top = xr[i * inner] > top ? xr[i * inner] : top;
-            real total = 0;
-            for (long i = 0; i < n; ++i) {
-                real e = MC_EXP(xr[i * inner] - top);
-                yr[i * inner] = e;
-                total += e;
-            }
-            real scale = 1 / total;
-            for (long i = 0; i < n; ++i) yr[i * inner] *= scale;
+    /* Rows (o, j) are independent: split over the team. */
+    int t = mc_team(outer * n * inner * 4);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
+    for (long r = 0; r < outer * inner; ++r) {
+        long o = r / inner, j = r % inner;
+        const real *xr = x + o * n * inner + j;
+        real *yr = y + o * n * inner + j;
+        real top = xr[0];
+        for (long i = 1; i < n; ++i) top = xr[i * inner] > top ? xr[i * inner] : top;
+        real total = 0;
+        for (long i = 0; i < n; ++i) {
+            real e = MC_EXP(xr[i * inner] - top);
+            yr[i * inner] = e;
+            total += e;
         }
+        real scale = 1 / total;
+        for (long i = 0; i < n; ++i) yr[i * inner] *= scale;
     }
 }
 
 MC_DISPATCH void mc_softmax_vjp(real *gx, const real *g, const real *y, long outer, long n,
                     long inner, int accumulate) {
-    for (long o = 0; o < outer; ++o) {
-        for (long j = 0; j < inner; ++j) {
-            long base = o * n * inner + j;
-            real dot = 0;
-            for (long i = 0; i < n; ++i) dot += g[base + i * inner] * y[base + i * inner];
-            for (long i = 0; i < n; ++i) {
-                long at = base + i * inner;
-                real value = y[at] * (g[at] - dot);
-                gx[at] = accumulate ? gx[at] + value : value;
-            }
+    /* Rows (o, j) are independent: split over the team. */
+    int t = mc_team(outer * n * inner * 4);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
+    for (long r = 0; r < outer * inner; ++r) {
+        long o = r / inner, j = r % inner;
+        long base = o * n * inner + j;
+        real dot = 0;
+        for (long i = 0; i < n; ++i) dot += g[base + i * inner] * y[base + i * inner];
+        for (long i = 0; i < n; ++i) {
+            long at = base + i * inner;
+            real value = y[at] * (g[at] - dot);
+            gx[at] = accumulate ? gx[at] + value : value;
         }
     }
 }
 
 MC_DISPATCH void mc_log_softmax(real *y, const real *x, long outer, long n, long inner) {
-    for (long o = 0; o < outer; ++o) {
-        for (long j = 0; j < inner; ++j) {
-            const real *xr = x + o * n * inner + j;
-            real *yr = y + o * n * inner + j;
-            real top = xr[0];
-            for (long i = 1; i < n; ++i) top = xr[i * inner] > top ? xr[i * inner] : top;
-            real total = 0;
-            for (long i = 0; i < n; ++i) total += MC_EXP(xr[i * inner] - top);
-            real shift = top + MC_LOG(total);
-            for (long i = 0; i < n; ++i) yr[i * inner] = xr[i * inner] - shift;
-        }
+    /* Rows (o, j) are independent: split over the team. */
+    int t = mc_team(outer * n * inner * 4);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
+    for (long r = 0; r < outer * inner; ++r) {
+        long o = r / inner, j = r % inner;
+        const real *xr = x + o * n * inner + j;
+        real *yr = y + o * n * inner + j;
+        real top = xr[0];
+        for (long i = 1; i < n; ++i) top = xr[i * inner] > top ? xr[i * inner] : top;
+        real total = 0;
+        for (long i = 0; i < n; ++i) total += MC_EXP(xr[i * inner] - top);
+        real shift = top + MC_LOG(total);
+        for (long i = 0; i < n; ++i) yr[i * inner] = xr[i * inner] - shift;
     }
 }
 
 MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long outer, long n,
                         long inner, int accumulate) {
-    for (long o = 0; o < outer; ++o) {
-        for (long j = 0; j < inner; ++j) {
-            long base = o * n * inner + j;
-            real total = 0;
-            for (long i = 0; i < n; ++i) total += g[base + i * inner];
-            for (long i = 0; i < n; ++i) {
-                long at = base + i * inner;
-                real value = g[at] - MC_EXP(y[at]) * total;
-                gx[at] = accumulate ? gx[at] + value : value;
-            }
+    /* Rows (o, j) are independent: split over the team. */
+    int t = mc_team(outer * n * inner * 4);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
+    for (long r = 0; r < outer * inner; ++r) {
+        long o = r / inner, j = r % inner;
+        long base = o * n * inner + j;
+        real total = 0;
+        for (long i = 0; i < n; ++i) total += g[base + i * inner];
+        for (long i = 0; i < n; ++i) {
+            long at = base + i * inner;
+            real value = g[at] - MC_EXP(y[at]) * total;
+            gx[at] = accumulate ? gx[at] + value : value;
         }
     }
 }
@@ -73,6 +81,8 @@ MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long
 static void mc_im2col(real *col, const real *x, long c, long h, long w, long kh,
                       long kw, long oh, long ow, long sh, long sw, long ph, long pw,
                       long dh, long dw) {
+    int t = mc_team(c * kh * kw * oh * ow);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long ci = 0; ci < c; ++ci) {
         const real *plane = x + ci * h * w;
         for (long i = 0; i < kh; ++i) {
@@ -108,6 +118,9 @@ static void mc_im2col(real *col, const real *x, long c, long h, long w, long kh,
 static void mc_col2im(real *x, const real *col, long c, long h, long w, long kh, long kw,
                       long oh, long ow, long sh, long sw, long ph, long pw, long dh,
                       long dw) {
+    /* Each channel adds into its own plane: channels split over the team. */
+    int t = mc_team(c * kh * kw * oh * ow);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long ci = 0; ci < c; ++ci) {
         real *plane = x + ci * h * w;
         for (long i = 0; i < kh; ++i) {
@@ -223,6 +236,8 @@ static long mc_window_max(const real *plane, const long *d, long oy, long ox,
 
 MC_DISPATCH void mc_max_pool2d(real *y, const real *x, const long *d) {
     long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4];
+    int t = mc_team(planes * oh * ow * d[5] * d[6]);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long p = 0; p < planes; ++p) {
         const real *plane = x + p * h * w;
         real *out = y + p * oh * ow;
@@ -235,6 +250,8 @@ MC_DISPATCH void mc_max_pool2d_vjp(real *gx, const real *g, const real *x, const
                                    int accumulate) {
     long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4];
     if (!accumulate) mc_fill(gx, planes * h * w, 0);
+    int t = mc_team(planes * oh * ow * d[5] * d[6]);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long p = 0; p < planes; ++p) {
         const real *plane = x + p * h * w;
         for (long oy = 0; oy < oh; ++oy) {
@@ -250,6 +267,8 @@ MC_DISPATCH void mc_max_pool2d_vjp(real *gx, const real *g, const real *x, const
 MC_DISPATCH void mc_avg_pool2d(real *y, const real *x, const long *d) {
     long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4], kh = d[5], kw = d[6];
     real scale = (real)1 / (real)(kh * kw);
+    int t = mc_team(planes * oh * ow * kh * kw);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long p = 0; p < planes; ++p) {
         const real *plane = x + p * h * w;
         for (long oy = 0; oy < oh; ++oy) {
@@ -274,6 +293,8 @@ MC_DISPATCH void mc_avg_pool2d_vjp(real *gx, const real *g, const long *d,
     long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4], kh = d[5], kw = d[6];
     real scale = (real)1 / (real)(kh * kw);
     if (!accumulate) mc_fill(gx, planes * h * w, 0);
+    int t = mc_team(planes * oh * ow * kh * kw);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long p = 0; p < planes; ++p) {
         real *plane = gx + p * h * w;
         for (long oy = 0; oy < oh; ++oy) {
@@ -298,6 +319,8 @@ static long mc_cell_end(long i, long n, long out) { return ((i + 1) * n + out - 
 
 MC_DISPATCH void mc_adaptive_avg_pool2d(real *y, const real *x, long planes, long h,
                                         long w, long oh, long ow) {
+    int t = mc_team(planes * h * w);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long p = 0; p < planes; ++p) {
         const real *plane = x + p * h * w;
         for (long oy = 0; oy < oh; ++oy) {
@@ -316,6 +339,8 @@ MC_DISPATCH void mc_adaptive_avg_pool2d(real *y, const real *x, long planes, lon
 MC_DISPATCH void mc_adaptive_avg_pool2d_vjp(real *gx, const real *g, long planes, long h,
                                             long w, long oh, long ow, int accumulate) {
     if (!accumulate) mc_fill(gx, planes * h * w, 0);
+    int t = mc_team(planes * h * w);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long p = 0; p < planes; ++p) {
         real *plane = gx + p * h * w;
         for (long oy = 0; oy < oh; ++oy) {
@@ -349,12 +374,18 @@ static long mc_row(const void *index, int size, long i, long rows) {
 
 int mc_embedding(real *y, const void *index, int index_size, const real *w, long count,
                  long rows, long dim) {
+    int bad = 0;
+    int t = mc_team(count * dim / 4);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static) reduction(| : bad)
     for (long i = 0; i < count; ++i) {
         long r = mc_row(index, index_size, i, rows);
-        if (r < 0) return 1;
+        if (r < 0) {
+            bad = 1;
+            continue;
+        }
         memcpy(y + i * dim, w + r * dim, (size_t)dim * sizeof(real));
     }
-    return 0;
+    return bad;
 }
 
 int mc_embedding_vjp(real *gw, const real *g, const void *index, int index_size,

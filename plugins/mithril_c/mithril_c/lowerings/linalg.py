@@ -83,18 +83,18 @@ def _product(ctx: Emitter, node: Node) -> _Product:
     )
 
 
-def _batched(
-    ctx: Emitter,
-    p: _Product,
-    call: str,
-) -> None:
-    """Emit ``call`` (with ``{a}``, ``{b}``, ``{c}`` batch offsets) once per batch."""
+def _batched(ctx: Emitter, p: _Product, call: str, writes: int = 2) -> None:
+    """Emit ``call`` (with ``{a}``, ``{b}``, ``{c}`` batch offsets) once per batch;
+    it writes A's (0), B's (1) or C's (2) blocks: batch entries split over threads
+    unless they add into one block."""
     ctx.line(
         *loop_nest(
             p.batch,
             p.strides(),
             lambda index: [call.format(a=index[0], b=index[1], c=index[2])],
             var="b",
+            writes=(writes,),
+            work=math.prod(p.batch) * p.m * p.n * p.k,
         )
     )
 
@@ -157,7 +157,7 @@ def matrix_multiply_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
                     f"mc_gemm({p.tb}, 1, {p.k}, {p.m}, {p.n}, {b} + {{b}}, {p.ldb}, "
                     f"{g} + {{c}}, {p.n}, {beta}, {pointer} + {{a}}, {p.m});"
                 )
-            _batched(ctx, p, call)
+            _batched(ctx, p, call, writes=0)
     if needs[1]:
         pointer, accumulate = ctx.target(p.b)
         if p.folded:
@@ -184,7 +184,7 @@ def matrix_multiply_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
                 f"mc_gemm(1, {p.ta}, {p.n}, {p.k}, {p.m}, {g} + {{c}}, {p.n}, "
                 f"{a} + {{a}}, {p.lda}, {beta}, {pointer} + {{b}}, {p.k});"
             )
-        _batched(ctx, p, call)
+        _batched(ctx, p, call, writes=1)
 
 
 LOWERINGS: dict[str, CLowering] = {

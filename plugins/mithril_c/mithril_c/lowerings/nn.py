@@ -253,11 +253,19 @@ def _attention(ctx: Emitter, node: Node) -> _Attention:
     )
 
 
-def _batches(ctx: Emitter, a: _Attention, call: str) -> None:
+def _batches(ctx: Emitter, a: _Attention, call: str, writes: tuple[int, ...]) -> None:
     """``call`` once per batch entry; ``{0}``..``{5}``: offsets of q, k, v, o, p,
-    mask."""
+    mask; it writes the blocks of ``writes`` (entries split over threads unless two
+    of them write one block)."""
     ctx.line(
-        *loop_nest(a.batch, a.strides(), lambda index: [call.format(*index)], var="b")
+        *loop_nest(
+            a.batch,
+            a.strides(),
+            lambda index: [call.format(*index)],
+            var="b",
+            writes=writes,
+            work=math.prod(a.batch) * a.lq * a.lk * (a.e + a.ev),
+        )
     )
 
 
@@ -278,6 +286,7 @@ def scaled_dot_product(ctx: Emitter, node: Node) -> None:
         f"mc_sdp({out} + {{3}}, {probs} + {{4}}, {q} + {{0}}, {k} + {{1}}, "
         f"{v} + {{2}}, {mask}, {kind}, {rs}, {cs}, {a.lq}, {a.lk}, {a.e}, {a.ev}, "
         f"{a.scale}, {a.causal});",
+        (3, 4),
     )
 
 
@@ -285,10 +294,13 @@ def scaled_dot_product_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     a = _attention(ctx, node)
     q, k, v = (ctx.ptr(x) for x in node.inputs[:3])
     probs = ctx.temp(node, "probs", math.prod(a.batch) * a.lq * a.lk)
-    scratch = ctx.temp(node, "dp", a.lq * a.lk)
+    # One scratch block per batch entry: entries may run on different threads.
+    scratch = ctx.temp(node, "dp", math.prod(a.batch) * a.lq * a.lk)
+    writes = [4]
     grads = []
     for j in range(3):
         if needs[j]:
+            writes.append(j)
             pointer, accumulate = ctx.target(node.inputs[j])
             grads.append((f"{pointer} + {{{j}}}", int(accumulate)))
         else:
@@ -299,14 +311,16 @@ def scaled_dot_product_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
         if not accumulate:
             ctx.line(f"mc_fill({pointer}, {ctx.numel(a.mask)}, 0);")
         gmask = f"{pointer} + {{5}}"
+        writes.append(5)
     rs, cs = a.mask_strides[-2:]
     _batches(
         ctx,
         a,
         f"mc_sdp_vjp({grads[0][0]}, {grads[1][0]}, {grads[2][0]}, {gmask}, "
         f"{ctx.gout(node)} + {{3}}, {probs} + {{4}}, {q} + {{0}}, {k} + {{1}}, "
-        f"{v} + {{2}}, {scratch}, {rs}, {cs}, {a.lq}, {a.lk}, {a.e}, {a.ev}, "
+        f"{v} + {{2}}, {scratch} + {{4}}, {rs}, {cs}, {a.lq}, {a.lk}, {a.e}, {a.ev}, "
         f"{a.scale}, {grads[0][1]}, {grads[1][1]}, {grads[2][1]});",
+        tuple(writes),
     )
 
 

@@ -31,14 +31,21 @@ def _layout(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, ...],
 
 
 def _loop(
-    ctx: Emitter, shape: tuple[int, ...], strides: tuple[int, ...], statement: str
+    ctx: Emitter,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    statement: str,
+    writes: int = 1,
 ) -> None:
-    """``statement`` over every input element: ``{i}`` input index, ``{o}`` output."""
+    """``statement`` over every input element: ``{i}`` input index, ``{o}`` output;
+    it writes the output (``writes`` 1: split over threads only along kept axes) or
+    the input (0)."""
     ctx.line(
         *loop_nest(
             shape,
             [contiguous_strides(shape), strides],
             lambda index: [statement.format(i=index[0], o=index[1])],
+            writes=(writes,),
         )
     )
 
@@ -72,7 +79,7 @@ def _spread(ctx: Emitter, node: Node, expression: str) -> None:
     grad = ctx.gout(node)
     op = "+=" if accumulate else "="
     text = expression.replace("{g}", f"{grad}[{{o}}]")
-    _loop(ctx, shape, strides, f"{pointer}[{{i}}] {op} {text};")
+    _loop(ctx, shape, strides, f"{pointer}[{{i}}] {op} {text};", writes=0)
 
 
 def sum_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
