@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -300,16 +301,25 @@ def _python_program(
         convert_constant=lambda value: _to_backend(value, backend),
     )
     source = codegen.forward_source()
-    if not backend.has_autograd and not inference:
-        source += "\n\n" + codegen.backward_source(
+    with_gradients = not backend.has_autograd and not inference
+    backward = ""
+    if with_gradients:
+        backward = codegen.backward_source(
             grad_keys, differentiable_outputs, "forward_backward"
         )
-    filename = _write_source(source, file_path)
+    full_source = source + "\n\n" + backward if backward else source
+    filename = _write_source(full_source, file_path)
     namespace = codegen.namespace
     exec(compile_source(source, filename, "exec"), namespace)  # noqa: S102 - our code
     forward_backward = None
-    if not backend.has_autograd and not inference:
-        forward_backward = _BackwardCache(codegen, grad_keys, filename, namespace)
+    if with_gradients:
+        # Compiled at the first call that asks for gradients (half the code, and
+        # most of the time Python's compiler takes); padded so that its line numbers
+        # are those of the file written.
+        padded = "\n" * (source.count("\n") + 2) + backward
+        forward_backward = _BackwardCache(
+            codegen, grad_keys, filename, namespace, differentiable_outputs, padded
+        )
     return Program(
         forward=namespace["forward"],
         forward_backward=forward_backward,
@@ -317,7 +327,7 @@ def _python_program(
         output_keys=tuple(graph.outputs),
         grad_keys=grad_keys,
         differentiable_outputs=differentiable_outputs,
-        source=source,
+        source=full_source,
     )
 
 
@@ -325,7 +335,8 @@ compile_source = builtins.compile
 
 
 class _BackwardCache:
-    """Generates (once per set of seeded outputs) the forward+backward function."""
+    """Compiles (once per set of seeded outputs, at its first call) the
+    forward+backward function."""
 
     def __init__(
         self,
@@ -333,18 +344,16 @@ class _BackwardCache:
         grad_keys: tuple[str, ...],
         filename: str,
         namespace: dict[str, Any],
+        differentiable_outputs: tuple[str, ...],
+        source: str,
     ) -> None:
         self.codegen = codegen
         self.grad_keys = grad_keys
         self.filename = filename
         self.namespace = namespace
         self.functions: dict[frozenset[str], Any] = {}
-        full = tuple(
-            k
-            for k in codegen.graph.outputs
-            if ty.TENSOR_FLOAT in codegen.graph.outputs[k].types
-        )
-        self.functions[frozenset(full)] = namespace["forward_backward"]
+        self.sources = {frozenset(differentiable_outputs): (source, filename)}
+        self.lock = threading.Lock()
 
     def __call__(
         self, inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
@@ -352,14 +361,24 @@ class _BackwardCache:
         key = frozenset(output_gradients)
         function = self.functions.get(key)
         if function is None:
-            seeded = tuple(k for k in self.codegen.graph.outputs if k in key)
-            source = self.codegen.backward_source(self.grad_keys, seeded, "fb")
-            exec(
-                compile_source(source, self.filename + f":{sorted(key)}", "exec"),
-                self.namespace,
-            )  # noqa: S102
-            function = self.functions[key] = self.namespace["fb"]
+            with self.lock:
+                function = self.functions.get(key)
+                if function is None:
+                    function = self.functions[key] = self._compile(key)
         return function(inputs, output_gradients)
+
+    def _compile(self, key: frozenset[str]) -> Any:
+        known = self.sources.get(key)
+        if known is None:
+            seeded = tuple(k for k in self.codegen.graph.outputs if k in key)
+            source = self.codegen.backward_source(
+                self.grad_keys, seeded, "forward_backward"
+            )
+            known = (source, self.filename + f":{sorted(key)}")
+        scope: dict[str, Any] = {}
+        code = compile_source(known[0], known[1], "exec")
+        exec(code, self.namespace, scope)  # noqa: S102 - our code
+        return scope["forward_backward"]
 
 
 def _write_source(source: str, file_path: str | None) -> str:
