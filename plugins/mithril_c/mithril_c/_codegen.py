@@ -312,6 +312,7 @@ class Emitter:
         self.dtypes: dict[int, str] = {}
         self.errors: list[str] = []
         self.stateful = False
+        self.threads = 1
         for node in graph.nodes:
             for value in node.inputs:
                 self.consumers.setdefault(id(value), []).append(node)
@@ -998,9 +999,12 @@ def generate(
     grad_keys: tuple[str, ...],
     differentiable_outputs: tuple[str, ...],
     inference: bool,
+    threads: int = 1,
 ) -> Plan:
-    """C source and runtime plan for ``graph``."""
+    """C source and runtime plan for ``graph``; ``threads``: the most threads a call
+    will use (kernels that give each thread its own scratch get that many copies)."""
     em = Emitter(graph, lowerings, real)
+    em.threads = threads
     outputs = {id(v) for v in graph.outputs.values()}
     groups = _groups(em)
 

@@ -189,7 +189,9 @@ class CBackend(Backend):
         from mithril_c._runtime import Runtime
 
         real = _REAL[self.dtype.name]
-        plan = generate(graph, dict(lowerings), real=real, **options)
+        plan = generate(
+            graph, dict(lowerings), real=real, threads=self.threads, **options
+        )
         if file_path is not None:
             _write(file_path, plan.source)
         module, _ = build(

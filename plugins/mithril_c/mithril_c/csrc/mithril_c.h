@@ -14,6 +14,8 @@
 
 #ifdef _OPENMP
 #include <omp.h>
+#else
+static inline int omp_get_thread_num(void) { return 0; }
 #endif
 
 #ifndef MC_REAL
@@ -251,8 +253,9 @@ void mc_scatter_bytes(void *out, const void *in, int size, int ndim, const long 
 /* -- nn.c: convolution, pooling, embedding, padding, attention, dropout ----------- */
 /* Convolution of x [n, c, h, w] with w [f, c / groups, kh, kw] into y [n, f, oh, ow]
  * (1-d: h = kh = oh = 1). ``d`` holds n, c, h, w, f, kh, kw, oh, ow, stride_h,
- * stride_w, pad_top, pad_left, dilation_h, dilation_w, groups; ``col`` is scratch of
- * (c / groups) * kh * kw * oh * ow. The VJP writes gx and/or gw (NULL: not needed). */
+ * stride_w, pad_top, pad_left, dilation_h, dilation_w, groups, copies; ``col`` is
+ * scratch of copies * (c / groups) * kh * kw * oh * ow: up to ``copies`` images run
+ * at once, one per thread (one image: its columns and product are split instead). The VJP writes gx and/or gw (NULL: not needed). */
 void mc_conv2d(real *y, const real *x, const real *w, const long *d, real *col);
 void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x, const real *w,
                    const long *d, real *col, int accumulate_x, int accumulate_w);

@@ -149,24 +149,74 @@ static int mc_conv_is_pointwise(const long *d) {
            d[12] == 0 && d[2] == d[7] && d[3] == d[8];
 }
 
-MC_DISPATCH void mc_conv2d(real *y, const real *x, const real *w, const long *d,
-                           real *col) {
-    long n = d[0], c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];
+/* One image (all groups) of a convolution, columns in ``col``. */
+static void mc_conv_image(real *y, const real *x, const real *w, const long *d,
+                          real *col, long b) {
+    long c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];
     long oh = d[7], ow = d[8], groups = d[15];
     long cg = c / groups, fg = f / groups, k = cg * kh * kw, p = oh * ow;
     int pointwise = mc_conv_is_pointwise(d);
-    for (long b = 0; b < n; ++b) {
-        for (long g = 0; g < groups; ++g) {
-            const real *image = x + (b * c + g * cg) * h * wd;
-            const real *cols = image;
-            if (!pointwise) {
-                mc_im2col(col, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11],
-                          d[12], d[13], d[14]);
-                cols = col;
-            }
-            mc_gemm(0, 0, fg, p, k, w + g * fg * k, k, cols, p, 0,
-                    y + (b * f + g * fg) * p, p);
+    for (long g = 0; g < groups; ++g) {
+        const real *image = x + (b * c + g * cg) * h * wd;
+        const real *cols = image;
+        if (!pointwise) {
+            mc_im2col(col, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11], d[12],
+                      d[13], d[14]);
+            cols = col;
         }
+        mc_gemm(0, 0, fg, p, k, w + g * fg * k, k, cols, p, 0, y + (b * f + g * fg) * p,
+                p);
+    }
+}
+
+/* Scratch per image in flight: the columns of one group. */
+static long mc_conv_cols(const long *d) {
+    return d[1] / d[15] * d[5] * d[6] * d[7] * d[8];
+}
+
+/* Threads for whole images: one team over the batch when it has an image per
+ * thread (else 1: each image splits its own work). */
+static int mc_conv_image_team(const long *d) {
+    long n = d[0], copies = d[16];
+    int t = mc_team(n * d[4] * d[7] * d[8] * (d[1] / d[15]) * d[5] * d[6] / 4);
+    if (t > copies) t = (int)copies;
+    return (t > 1 && n >= t) ? t : 1;
+}
+
+MC_DISPATCH void mc_conv2d(real *y, const real *x, const real *w, const long *d,
+                           real *col) {
+    long n = d[0], size = mc_conv_cols(d);
+    int t = mc_conv_image_team(d);
+    if (t <= 1) {
+        for (long b = 0; b < n; ++b) mc_conv_image(y, x, w, d, col, b);
+        return;
+    }
+#pragma omp parallel num_threads(t)
+    {
+        real *own = col + (long)omp_get_thread_num() * size;
+#pragma omp for schedule(static)
+        for (long b = 0; b < n; ++b) mc_conv_image(y, x, w, d, own, b);
+    }
+}
+
+/* The input gradient of one image: columns of w^T g, added back into the image. */
+static void mc_conv_image_vjp_x(real *gx, const real *g, const real *w, const long *d,
+                                real *col, long b, int accumulate_x) {
+    long c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];
+    long oh = d[7], ow = d[8], groups = d[15];
+    long cg = c / groups, fg = f / groups, k = cg * kh * kw, p = oh * ow;
+    int pointwise = mc_conv_is_pointwise(d);
+    for (long grp = 0; grp < groups; ++grp) {
+        const real *gout = g + (b * f + grp * fg) * p;
+        const real *wg = w + grp * fg * k;
+        real *target = gx + (b * c + grp * cg) * h * wd;
+        if (pointwise) {
+            mc_gemm(1, 0, k, p, fg, wg, k, gout, p, accumulate_x ? 1 : 0, target, p);
+            continue;
+        }
+        mc_gemm(1, 0, k, p, fg, wg, k, gout, p, 0, col, p);
+        mc_col2im(target, col, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11], d[12],
+                  d[13], d[14]);
     }
 }
 
@@ -177,13 +227,11 @@ MC_DISPATCH void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x,
     long oh = d[7], ow = d[8], groups = d[15];
     long cg = c / groups, fg = f / groups, k = cg * kh * kw, p = oh * ow;
     int pointwise = mc_conv_is_pointwise(d);
-    if (gx && !accumulate_x && !pointwise) mc_fill(gx, n * c * h * wd, 0);
-    for (long b = 0; b < n; ++b) {
-        for (long grp = 0; grp < groups; ++grp) {
-            const real *image = x + (b * c + grp * cg) * h * wd;
-            const real *gout = g + (b * f + grp * fg) * p;
-            const real *wg = w + grp * fg * k;
-            if (gw) {
+    if (gw) {
+        /* Images add into one weight gradient, in order: the products are split. */
+        for (long b = 0; b < n; ++b) {
+            for (long grp = 0; grp < groups; ++grp) {
+                const real *image = x + (b * c + grp * cg) * h * wd;
                 const real *cols = image;
                 if (!pointwise) {
                     mc_im2col(col, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10],
@@ -191,20 +239,24 @@ MC_DISPATCH void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x,
                     cols = col;
                 }
                 real beta = (b > 0 || accumulate_w) ? 1 : 0;
-                mc_gemm(0, 1, fg, k, p, gout, p, cols, p, beta, gw + grp * fg * k, k);
-            }
-            if (gx) {
-                real *target = gx + (b * c + grp * cg) * h * wd;
-                if (pointwise) {
-                    mc_gemm(1, 0, k, p, fg, wg, k, gout, p, accumulate_x ? 1 : 0,
-                            target, p);
-                    continue;
-                }
-                mc_gemm(1, 0, k, p, fg, wg, k, gout, p, 0, col, p);
-                mc_col2im(target, col, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11],
-                          d[12], d[13], d[14]);
+                mc_gemm(0, 1, fg, k, p, g + (b * f + grp * fg) * p, p, cols, p, beta,
+                        gw + grp * fg * k, k);
             }
         }
+    }
+    if (!gx) return;
+    if (!accumulate_x && !pointwise) mc_fill(gx, n * c * h * wd, 0);
+    long size = mc_conv_cols(d);
+    int t = mc_conv_image_team(d);
+    if (t <= 1) {
+        for (long b = 0; b < n; ++b) mc_conv_image_vjp_x(gx, g, w, d, col, b, accumulate_x);
+        return;
+    }
+#pragma omp parallel num_threads(t)
+    {
+        real *own = col + (long)omp_get_thread_num() * size;
+#pragma omp for schedule(static)
+        for (long b = 0; b < n; ++b) mc_conv_image_vjp_x(gx, g, w, d, own, b, accumulate_x);
     }
 }
 

@@ -71,9 +71,11 @@ def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
     n, c, h, width = xs
     f, _, kh, kw = ws
     oh, ow = ys[2:]
+    # Images run on separate threads, each with its own column scratch.
+    copies = max(min(n, ctx.threads), 1)
     dims = (n, c, h, width, f, kh, kw, oh, ow, *stride, pads[0][0], pads[1][0])
-    dims += (*dilation, groups)
-    return ctx.longs(dims), (c // groups) * kh * kw * oh * ow
+    dims += (*dilation, groups, copies)
+    return ctx.longs(dims), (c // groups) * kh * kw * oh * ow * copies
 
 
 def conv(ctx: Emitter, node: Node) -> None:
