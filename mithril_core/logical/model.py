@@ -8,7 +8,6 @@ import inspect
 import math
 import os
 import re
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -1016,14 +1015,3 @@ def _user_side(conn: Connection, owner: BaseModel) -> str:
     if producer is not None and producer is not owner:
         parts.append(f"from {producer.path()}.output")
     return f" ({', '.join(parts)})" if parts else ""
-
-
-class deep_recursion:  # noqa: N801 - used as a context manager
-    """Raise the recursion limit (to 200,000) while deep-copying a model tree."""
-
-    def __enter__(self) -> None:
-        self.limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(self.limit, 200_000))
-
-    def __exit__(self, *exc: object) -> None:
-        sys.setrecursionlimit(self.limit)

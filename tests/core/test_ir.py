@@ -121,3 +121,31 @@ def test_specialize_solves_the_rules_again_on_the_ir():
     assert graph.outputs["flat"].shape() == [None]
     with pytest.raises(ml.ShapeError, match=r"input: an array of shape \[4, 2\]"):
         flat.specialize(graph, ("input",), (((4, 2), "f"),))
+
+
+def test_train_model_copies_a_deep_model_without_raising_the_recursion_limit():
+    from mithril_core.models import SquaredError
+    from mithril_core.training import TrainModel
+
+    model = Model()
+    model |= Relu()(input="input")
+    for _ in range(1500):
+        model += Relu()
+    model += Relu()(output=IOKey("output"))
+    exposed = sorted(model.exposed())
+    children = len(model.children)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        train = TrainModel(model)
+        train.add_loss(SquaredError(), input="output", target="target")
+    finally:
+        sys.setrecursionlimit(limit)
+    # The user's model is not changed by wrapping it.
+    assert sorted(model.exposed()) == exposed
+    assert len(model.children) == children
+    assert model.parent_model is None
+    pm = ml.compile(train, ml.NumpyBackend(), shapes={"input": [2]})
+    x = np.array([-1.0, 2.0], dtype=np.float32)
+    out = pm.evaluate({}, {"input": x, "target": np.zeros(2, np.float32)})
+    np.testing.assert_allclose(out["final_cost"], (0.0 + 4.0) / 2, rtol=1e-6)
