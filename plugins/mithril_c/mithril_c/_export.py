@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mithril_c._build import CFLAGS, CSRC, KERNELS, _openblas
+from mithril_c._build import CFLAGS, CSRC, KERNELS, LDFLAGS, _openblas
 from mithril_c._codegen import Loc, Plan, c_string, comment_text, generate, unresolved
 from mithril_core.errors import CompileError, DtypeError, InputKeyError, ShapeError
 from mithril_core.physical.flat import FlatGraph
@@ -53,8 +53,6 @@ _C_ELEMENT = {
     "bool": "unsigned char (0 or 1)",
 }
 _ALIGN = 64
-# Compiler flags that the link needs too (OpenMP runtime, sanitizer runtimes).
-_LINK_PREFIXES = ("-fopenmp", "-fsanitize", "-pthread")
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ def export(
     target.mkdir(parents=True, exist_ok=True)
     include, libdir, library = _openblas()
     cflags = (*CFLAGS, *backend.extra_cflags)
-    link = tuple(f for f in cflags if f.startswith(_LINK_PREFIXES))
+    link = LDFLAGS
     result = CExport(
         directory=target,
         files=(HEADER, SOURCE, WEIGHTS, MAKEFILE, "mithril_c.h", *KERNELS),
@@ -509,6 +507,11 @@ int model_run_with(model_t *model, const void *const *inputs, void *const *outpu
  * an unknown name. */
 const void *model_output(const model_t *model, const char *name);
 
+/* How many threads model_run / model_run_with use when called from this thread
+ * (OpenMP teams in the kernels and loops, matrix products split per thread and
+ * OpenBLAS then serial); 1 (serial) until set. Results do not depend on it. */
+void model_set_threads(int n);
+
 /* What a nonzero status of model_run / model_run_with means. */
 const char *model_error(int status);
 
@@ -817,6 +820,8 @@ int model_run_with(model_t *model, const void *const *inputs, void *const *outpu
 int model_run(model_t *model) {
     return model_run_with(model, (const void *const *)model->inputs, model->outputs);
 }
+
+void model_set_threads(int n) { mc_set_threads(n); }
 
 const char *model_error(int status) {
     int count = (int)(sizeof mc_errors / sizeof mc_errors[0]) - 1;
