@@ -33,7 +33,7 @@ def supports_gradients(name: str) -> bool:
     ``True``)."""
     from mithril_core.plugins import get_registry
 
-    return bool(getattr(get_registry().backend_class(name), "supports_gradients", True))
+    return bool(get_registry().backend_class(name).supports_gradients)
 
 
 @cache

@@ -52,6 +52,9 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     has_autograd: ClassVar[bool] = False
     supports_jit: ClassVar[bool] = False
+    #: False for inference-only backends (ONNX Runtime): evaluate with
+    #: ``output_gradients`` raises.
+    supports_gradients: ClassVar[bool] = True
     supports_sharding: ClassVar[bool] = False
     supported_dtypes: ClassVar[frozenset[str]] = frozenset()
     devices: ClassVar[tuple[str, ...]] = ("cpu",)

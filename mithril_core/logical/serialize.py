@@ -885,8 +885,22 @@ def _encode_value(value: Any) -> Any:
     raise TypeError(msg)
 
 
+def copy_model(model: BaseModel) -> BaseModel:
+    """A fresh copy of ``model``, rebuilt from its document with every class the
+    model uses allowed (it is the caller's own object, not an untrusted file); no
+    deep copy, so no recursion limit is met however deep the model is."""
+    classes: dict[int, type[BaseModel]] = {}
+    stack: list[BaseModel] = [model]
+    while stack:
+        current = stack.pop()
+        classes[id(type(current))] = type(current)
+        stack.extend(current.children)
+    return model_from_dict(model_to_dict(model), classes=classes.values())
+
+
 register_inspect(
     {
+        "copy_model": copy_model,
         "model_to_dict": model_to_dict,
         "model_from_dict": model_from_dict,
         "model_to_json": model_to_json,

@@ -23,7 +23,7 @@ from typing import Any
 
 from mithril_core.errors import MithrilError, ModelConnectionError, ShapeError
 from mithril_core.logical.connection import NOVALUE, Connection, IOKey
-from mithril_core.logical.model import BaseModel, Model, Primitive
+from mithril_core.logical.model import BaseModel, Model, Primitive, inspect_function
 from mithril_core.logical.naming import assign_names
 from mithril_core.primitives import Absolute, Buffer, Mean, Multiply, Sum
 
@@ -427,18 +427,10 @@ class TrainModel(Model):
 
 
 def _copy_model(model: BaseModel) -> BaseModel:
-    """A fresh copy of ``model`` (so that wrapping never changes the user's model):
-    its document rebuilt, with every class the model uses allowed (it is the
-    user's own object, not an untrusted file)."""
-    from mithril_core.logical.serialize import model_from_dict, model_to_dict
-
-    classes: dict[int, type[BaseModel]] = {}
-    stack: list[BaseModel] = [model]
-    while stack:
-        current = stack.pop()
-        classes[id(type(current))] = type(current)
-        stack.extend(current.children)
-    return model_from_dict(model_to_dict(model), classes=classes.values())
+    """A fresh copy of ``model`` (wrapping never changes the user's model); the
+    inspect layer rebuilds it from its document."""
+    copied: BaseModel = inspect_function("copy_model")(model)
+    return copied
 
 
 def _tree_connections(model: Model) -> Iterator[Connection]:

@@ -147,6 +147,8 @@ def _modes() -> list[Any]:
     so torch is covered eagerly)."""
     modes = []
     for name in ml.available_backends():
+        if not get_registry().backend_class(name).supports_gradients:
+            continue  # these cases take gradients
         modes.append(pytest.param(name, False, id=f"{name}-eager"))
         if get_registry().backend_class(name).supports_jit and name != "torch":
             modes.append(pytest.param(name, True, id=f"{name}-jit"))
