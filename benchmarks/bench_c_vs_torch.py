@@ -161,7 +161,12 @@ def run_torch(case: str, workdir: Path, quick: bool, threads: int) -> dict[str, 
     else:
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-        first = model.conv1.weight if spec["kind"] == "resnet" else model.lm_head.weight
+        # GPT-2: a block's weight (transformers ties lm_head to the embedding).
+        first = (
+            model.conv1.weight
+            if spec["kind"] == "resnet"
+            else model.transformer.h[0].mlp.c_fc.weight
+        )
         out = call()
         out.backward(torch.ones_like(out))
         np.save(workdir / f"{case}.torch.npy", out.detach().numpy())
@@ -217,7 +222,11 @@ def run_c(case: str, workdir: Path, quick: bool, threads: int) -> dict[str, Any]
         result["seconds"] = best_of(lambda: pm.evaluate(params, inputs), repeat, number)
     else:
         seed = {out_key: np.ones(pm.evaluate(params, inputs)[out_key].shape, "f4")}
-        first = "conv1_weight" if spec["kind"] == "resnet" else "lm_head_weight"
+        first = (
+            "conv1_weight"
+            if spec["kind"] == "resnet"
+            else "transformer_h_0_mlp_c_fc_weight"
+        )
         out, grads = pm.evaluate(params, inputs, output_gradients=seed)
         np.save(workdir / f"{case}.c.npy", out[out_key])
         np.save(workdir / f"{case}.c.grad.npy", grads[first])
