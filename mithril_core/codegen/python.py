@@ -20,6 +20,7 @@ from mithril_core.errors import CompileError
 from mithril_core.logical import types as ty
 from mithril_core.logical.naming import ascii_identifier_chars
 from mithril_core.physical.flat import FlatGraph, Node, Value
+from mithril_core.physical.gradients import backward_plan
 from mithril_core.primitives.lowering import as_lowering
 
 
@@ -197,22 +198,10 @@ class PythonCodegen:
         self, grad_keys: tuple[str, ...], seeded: tuple[str, ...], name: str
     ) -> str:
         graph = self.graph
+        # Only nodes between grad keys and seeded outputs (shared with C).
+        plan = backward_plan(graph, grad_keys, seeded, _is_float)
+        active, requires = plan.active, plan.requires
         grad_ids = {id(graph.inputs[k]) for k in grad_keys}
-        requires: set[int] = set(grad_ids)
-        for node in graph.nodes:
-            if (
-                node.differentiable
-                and any(id(v) in requires for v in node.inputs)
-                and _is_float(node.output)
-            ):
-                requires.add(id(node.output))
-        # Backward reachability: only nodes between grad keys and seeded outputs.
-        reaching = {id(graph.outputs[k]) for k in seeded}
-        active: list[Node] = []
-        for node in reversed(graph.nodes):
-            if id(node.output) in reaching and id(node.output) in requires:
-                active.append(node)
-                reaching.update(id(v) for v in node.inputs if id(v) in requires)
         keep = {id(v) for n in active for v in (*n.inputs, n.output)}
         lines = self.forward_lines(keep=keep)
         grad_name: dict[int, str] = {}
@@ -246,7 +235,7 @@ class PythonCodegen:
                     "lowering table, so no gradient can flow through it."
                 )
                 raise CompileError(msg)
-            needs = tuple(id(v) in requires and not v.is_constant for v in node.inputs)
+            needs = plan.needs(node)
             args = [
                 out_grad,
                 self.expr(node.output),
