@@ -53,8 +53,9 @@ class Flattened:
         return self.by_connection[id(conn.find())]
 
     def refresh(self, graph: Graph) -> Graph:
-        """``graph`` with every value's types and dims read again from its
-        connection (after compile restricted some types and solved again)."""
+        """``graph`` with every value's types read again from its connection (after
+        compile restricted some types to float and solved again; that settles types,
+        never dims)."""
         new: dict[int, Value] = {}
 
         def current(value: Value) -> Value:
@@ -64,10 +65,9 @@ class Flattened:
             conn = self.connection_of.get(id(value))
             if conn is None or value.is_constant:
                 return value
-            root = conn.find()
-            dims = self.reader.dims(root)
-            if root.types != value.types or dims != value.dims:
-                known = replace(value, types=root.types, dims=dims)
+            types = conn.find().types
+            if types != value.types:
+                known = replace(value, types=types)
                 new[id(value)] = known
                 return known
             return value
