@@ -562,8 +562,9 @@ def specialize(
             continue
         conn = conn.find()
         conn.restrict_type(conn.types & value.types or conn.types)
-        if value.dims is not None:
-            sh.unify_with_dims(conn.shape_node, value.shape())
+        known = value.shape()
+        if known is not None:
+            sh.unify_with_dims(conn.shape_node, known)
     solve()
     for key, (shape, kind) in zip(keys, signature, strict=True):
         conn = conns.get(key)
