@@ -37,6 +37,33 @@ def _silu_grad(xp: Any, g: Any, y: Any, input: Any) -> Any:  # noqa: A002
     return g * (sig + y * (1 - sig))
 
 
+def _power_base_grad(xp: Any, g: Any, y: Any, base: Any, exponent: Any) -> Any:
+    # PyTorch's: 0 where the exponent is 0 (d(0 ** 0)/db is 0, not 0 * inf).
+    return xp.where(exponent == 0, 0, g * exponent * xp.power(base, exponent - 1))
+
+
+def _power_exponent_grad(xp: Any, g: Any, y: Any, base: Any, exponent: Any) -> Any:
+    # PyTorch's: 0 where base == 0 <= exponent; y * log(base) elsewhere (NaN if < 0).
+    at_zero = xp.logical_and(base == 0, exponent >= 0)
+    return xp.where(at_zero, 0, g * y * xp.log(base))
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_grad(xp: Any, g: Any, y: Any, input: Any, approximate: bool) -> Any:  # noqa: A002
+    if approximate:
+        t = xp.tanh(_SQRT_2_OVER_PI * (input + 0.044715 * input * input * input))
+        d_inner = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * input * input)
+        return g * (0.5 * (1 + t) + 0.5 * input * (1 - t * t) * d_inner)
+    # d/dx x * cdf(x) = cdf(x) + x * pdf(x); cdf = y / x (1/2 at 0): no erf needed.
+    zero = input == 0
+    cdf = xp.where(zero, 0.5, y / xp.where(zero, 1, input))
+    pdf = _INV_SQRT_2PI * xp.exp(-0.5 * input * input)
+    return g * (cdf + input * pdf)
+
+
 class _Binary(Primitive):
     """Broadcasting binary op on tensors or scalars: ``output = left <op> right``."""
 
@@ -138,6 +165,7 @@ class Power(Primitive):
     """``base ** exponent`` with broadcasting."""
 
     op_name = "power"
+    grad_rules = {"base": _power_base_grad, "exponent": _power_exponent_grad}
     rules = (
         r.broadcast("base", "exponent"),
         r.promote_types("base", "exponent"),
@@ -395,6 +423,7 @@ class Gelu(Primitive):
     """Gaussian error linear unit; exact (erf) unless ``approximate=True`` (tanh)."""
 
     op_name = "gelu"
+    grad_rules = {"input": _gelu_grad}
     rules = (r.kind_type(ty.FLOAT),)
     flops_per_element = 5  # 0.5 * x * (1 + erf(x / sqrt(2)))
 
@@ -461,6 +490,7 @@ class Cast(Primitive):
     """Convert ``input`` to ``dtype`` (a dtype such as ``ml.float16`` or its name)."""
 
     op_name = "cast"
+    grad_rules = {"input": lambda xp, g, y, input, dtype: xp.astype(g, input.dtype)}
     flops_per_element = 0  # a conversion, no arithmetic
     rules = (_cast_type,)
 

@@ -17,10 +17,25 @@ _FLOAT_TENSOR = frozenset({ty.TENSOR_FLOAT})
 INPUT_TYPES = ("logits", "probs", "log_probs")
 
 
+# Gradient rules (see ``elementwise.py``); the caller sums broadcast axes back.
+def _squared_error_input(xp: Any, g: Any, y: Any, input: Any, target: Any) -> Any:  # noqa: A002
+    return 2 * g * (input - target)
+
+
+def _absolute_error_input(xp: Any, g: Any, y: Any, input: Any, target: Any) -> Any:  # noqa: A002
+    return g * xp.sign(input - target)
+
+
 class SquaredError(Primitive):
     """``(input - target) ** 2`` element-wise, broadcasting."""
 
     op_name = "squared_error"
+    grad_rules = {
+        "input": _squared_error_input,
+        "target": lambda xp, g, y, input, target: (
+            -_squared_error_input(xp, g, y, input, target)
+        ),
+    }
     rules = (r.broadcast("input", "target"), r.kind_type(ty.FLOAT))
     flops_per_element = 2  # subtract, square (absolute_error: subtract, abs)
 
@@ -37,6 +52,12 @@ class AbsoluteError(SquaredError):
     """``|input - target|`` element-wise, broadcasting."""
 
     op_name = "absolute_error"
+    grad_rules = {
+        "input": _absolute_error_input,
+        "target": lambda xp, g, y, input, target: (
+            -_absolute_error_input(xp, g, y, input, target)
+        ),
+    }
 
 
 def _class_axis_shape(rule: sh.Rule) -> bool:

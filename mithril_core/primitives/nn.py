@@ -23,10 +23,20 @@ def _check_axis(rule: r.sh.Rule) -> bool:
     return True
 
 
+def _softmax_grad(xp: Any, g: Any, y: Any, input: Any, axis: int) -> Any:  # noqa: A002
+    return y * (g - xp.sum(g * y, axis=axis, keepdims=True))
+
+
+def _log_softmax_grad(xp: Any, g: Any, y: Any, input: Any, axis: int) -> Any:  # noqa: A002
+    return g - xp.exp(y) * xp.sum(g, axis=axis, keepdims=True)
+
+
 class Softmax(Primitive):
     """``exp(x) / sum(exp(x))`` along ``axis``."""
 
     op_name = "softmax"
+    # Gradient rules: see ``elementwise.py``.
+    grad_rules = {"input": _softmax_grad}
     rules = (r.kind_type(ty.FLOAT), _check_axis)
     # max, subtract, exp, sum, divide (log_softmax: a final subtract instead)
     flops_per_element = 5
@@ -44,6 +54,7 @@ class LogSoftmax(Softmax):
     """``log(softmax(x))`` along ``axis``, computed stably."""
 
     op_name = "log_softmax"
+    grad_rules = {"input": _log_softmax_grad}
 
 
 # -- shared helpers (also used by the backends' lowerings) -----------------------------

@@ -10,8 +10,64 @@ from mithril_core.logical import types as ty
 from mithril_core.logical.connection import IOKey
 from mithril_core.logical.model import Primitive
 from mithril_core.primitives import _rules as r
+from mithril_core.primitives.lowering import GradRule
 
 Axis = int | tuple[int, ...] | None
+
+
+# Gradient rules (see ``elementwise.py``): ``axis``, ``keepdim`` and ``correction`` are
+# constants, so a rule may branch on them in Python; ``g`` is put back to the input's
+# rank (``_expand``) and broadcast over the reduced axes.
+def _expand(xp: Any, g: Any, axis: Axis, keepdim: bool) -> Any:
+    return g if keepdim or axis is None else xp.expand_dims(g, axis)
+
+
+def _count(shape: tuple[int, ...], axis: Axis) -> int:
+    if axis is None:
+        return math.prod(shape)
+    return math.prod(shape[a] for a in (axis if isinstance(axis, tuple) else (axis,)))
+
+
+def _sum_grad(xp: Any, g: Any, y: Any, input: Any, axis: Axis, keepdim: bool) -> Any:  # noqa: A002
+    return xp.broadcast_to(_expand(xp, g, axis, keepdim), input.shape)
+
+
+def _mean_grad(xp: Any, g: Any, y: Any, input: Any, axis: Axis, keepdim: bool) -> Any:  # noqa: A002
+    scaled = _expand(xp, g, axis, keepdim) / _count(input.shape, axis)
+    return xp.broadcast_to(scaled, input.shape)
+
+
+def _extreme_grad(
+    xp: Any,
+    g: Any,
+    y: Any,
+    input: Any,  # noqa: A002
+    axis: Axis,
+    keepdim: bool,
+) -> Any:
+    # Ties share the gradient evenly (as JAX and PyTorch's amax/amin do).
+    hit = xp.astype(input == _expand(xp, y, axis, keepdim), g.dtype)
+    ties = xp.sum(hit, axis=axis, keepdims=True)
+    return hit * (_expand(xp, g, axis, keepdim) / ties)
+
+
+def _variance_grad(
+    xp: Any,
+    g: Any,
+    y: Any,
+    input: Any,  # noqa: A002
+    axis: Axis,
+    keepdim: bool,
+    correction: float,
+) -> Any:
+    centered = input - xp.mean(input, axis=axis, keepdims=True)
+    dof = _count(input.shape, axis) - correction
+    # N == correction: 0 * (2 / 0), NaN, as PyTorch's.
+    scale = 2.0 / dof if dof != 0 else math.inf
+    return centered * (_expand(xp, g, axis, keepdim) * scale)
+
+
+_NO_GRAD: Mapping[str, GradRule] = {}
 
 
 class _Reduce(Primitive):
@@ -48,6 +104,7 @@ class Sum(_Reduce):
     """Sum over ``axis``."""
 
     op_name = "sum"
+    grad_rules = {"input": _sum_grad}
     rules = (r.reduce_shape, r.same_type())
 
 
@@ -55,6 +112,7 @@ class Mean(_Reduce):
     """Mean over ``axis``."""
 
     op_name = "mean"
+    grad_rules = {"input": _mean_grad}
     rules = (r.reduce_shape, r.kind_type(ty.FLOAT))
 
 
@@ -62,6 +120,7 @@ class Max(_Reduce):
     """Maximum over ``axis``."""
 
     op_name = "max"
+    grad_rules = {"input": _extreme_grad}
     rules = (r.reduce_shape, r.same_type())
 
 
@@ -69,6 +128,7 @@ class Min(_Reduce):
     """Minimum over ``axis``."""
 
     op_name = "min"
+    grad_rules = {"input": _extreme_grad}
     rules = (r.reduce_shape, r.same_type())
 
 
@@ -76,6 +136,7 @@ class ArgMax(_Reduce):
     """Index of the maximum over ``axis`` (int64; ``axis=None`` flattens)."""
 
     op_name = "arg_max"
+    grad_rules = _NO_GRAD
     rules = (r.reduce_shape, r.kind_type(ty.INT))
 
 
@@ -83,6 +144,7 @@ class ArgMin(_Reduce):
     """Index of the minimum over ``axis`` (int64; ``axis=None`` flattens)."""
 
     op_name = "arg_min"
+    grad_rules = _NO_GRAD
     rules = (r.reduce_shape, r.kind_type(ty.INT))
 
 
@@ -90,6 +152,7 @@ class Variance(_Reduce):
     """``sum((x - mean)**2) / (N - correction)`` over ``axis``."""
 
     op_name = "variance"
+    grad_rules = {"input": _variance_grad}
     flops_per_element = 4  # mean, subtract, square, sum
     rules = (r.reduce_shape, r.kind_type(ty.FLOAT))
 

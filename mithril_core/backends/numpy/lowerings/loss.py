@@ -7,46 +7,19 @@ from mithril_core.backends.numpy.lowerings._utils import (
     Entry,
     Grad,
     Needs,
-    reduce_to,
+    vjp_from_rules,
     wants,
 )
 from mithril_core.backends.numpy.lowerings.nn import check_indices, log_softmax
+from mithril_core.primitives.loss import AbsoluteError, SquaredError
 
 
 def squared_error(input: Array, target: Array) -> Array:
     return (input - target) ** 2
 
 
-def squared_error_vjp(
-    output_grad: Array,
-    output: Array,
-    input: Array,
-    target: Array,
-    needs: Needs = None,
-) -> tuple[Grad, Grad]:
-    grad = 2 * output_grad * (input - target)
-    return (
-        reduce_to(grad, input) if wants(needs, 0, input) else None,
-        reduce_to(-grad, target) if wants(needs, 1, target) else None,
-    )
-
-
 def absolute_error(input: Array, target: Array) -> Array:
     return np.abs(input - target)
-
-
-def absolute_error_vjp(
-    output_grad: Array,
-    output: Array,
-    input: Array,
-    target: Array,
-    needs: Needs = None,
-) -> tuple[Grad, Grad]:
-    grad = output_grad * np.sign(input - target)
-    return (
-        reduce_to(grad, input) if wants(needs, 0, input) else None,
-        reduce_to(-grad, target) if wants(needs, 1, target) else None,
-    )
 
 
 def _log_q(input: Array, axis: int, input_type: str) -> Array:
@@ -161,8 +134,8 @@ def binary_cross_entropy_vjp(
 
 
 LOWERINGS: dict[str, Entry] = {
-    "squared_error": (squared_error, squared_error_vjp),
-    "absolute_error": (absolute_error, absolute_error_vjp),
+    "squared_error": (squared_error, vjp_from_rules(SquaredError.grad_rules)),
+    "absolute_error": (absolute_error, vjp_from_rules(AbsoluteError.grad_rules)),
     "cross_entropy": (cross_entropy, cross_entropy_vjp),
     "cross_entropy_soft": (cross_entropy_soft, cross_entropy_soft_vjp),
     "binary_cross_entropy": (binary_cross_entropy, binary_cross_entropy_vjp),

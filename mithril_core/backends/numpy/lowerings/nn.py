@@ -11,10 +11,16 @@ from mithril_core.backends.numpy.lowerings._utils import (
     Grad,
     Needs,
     reduce_to,
+    vjp_from_rules,
     wants,
 )
 from mithril_core.errors import IndexRangeError
-from mithril_core.primitives.nn import adaptive_bounds, conv_padding
+from mithril_core.primitives.nn import (
+    LogSoftmax,
+    Softmax,
+    adaptive_bounds,
+    conv_padding,
+)
 
 Ints = tuple[int, ...]
 
@@ -24,27 +30,9 @@ def softmax(input: Array, axis: int) -> Array:
     return exp / np.sum(exp, axis=axis, keepdims=True)
 
 
-def softmax_vjp(
-    output_grad: Array, output: Array, input: Array, axis: int, needs: Needs = None
-) -> tuple[Grad, None]:
-    if not wants(needs, 0, input):
-        return None, None
-    dot = np.sum(output_grad * output, axis=axis, keepdims=True)
-    return output * (output_grad - dot), None
-
-
 def log_softmax(input: Array, axis: int) -> Array:
     shifted = input - np.max(input, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
-
-
-def log_softmax_vjp(
-    output_grad: Array, output: Array, input: Array, axis: int, needs: Needs = None
-) -> tuple[Grad, None]:
-    if not wants(needs, 0, input):
-        return None, None
-    total = np.sum(output_grad, axis=axis, keepdims=True)
-    return output_grad - np.exp(output) * total, None
 
 
 # -- windows (convolution and pooling) -------------------------------------------------
@@ -507,8 +495,8 @@ def pad_vjp(
 
 
 LOWERINGS: dict[str, Entry] = {
-    "softmax": (softmax, softmax_vjp),
-    "log_softmax": (log_softmax, log_softmax_vjp),
+    "softmax": (softmax, vjp_from_rules(Softmax.grad_rules)),
+    "log_softmax": (log_softmax, vjp_from_rules(LogSoftmax.grad_rules)),
     "conv1d": (conv1d, conv1d_vjp),
     "conv2d": (conv2d, conv2d_vjp),
     "max_pool2d": (max_pool2d, max_pool2d_vjp),

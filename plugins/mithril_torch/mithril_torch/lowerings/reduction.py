@@ -1,3 +1,6 @@
+"""Torch overrides of the shared reductions: variance without degrees of freedom
+(NaN, not torch.var's warning) and arg_max/arg_min (already int64 on torch)."""
+
 from __future__ import annotations
 
 import math
@@ -7,29 +10,6 @@ from typing import Any
 import torch
 
 Axis = int | tuple[int, ...] | None
-
-
-def _dims(axis: Axis) -> int | tuple[int, ...]:
-    # amax/amin reduce every axis for an empty dim tuple.
-    return () if axis is None else axis
-
-
-def sum(input: torch.Tensor, axis: Axis, keepdim: bool) -> torch.Tensor:
-    return torch.sum(input, dim=axis, keepdim=keepdim)
-
-
-def mean(input: torch.Tensor, axis: Axis, keepdim: bool) -> torch.Tensor:
-    if not input.is_floating_point():  # torch.mean refuses ints; promote as int / int
-        input = input.to(torch.get_default_dtype())
-    return torch.mean(input, dim=axis, keepdim=keepdim)
-
-
-def max(input: torch.Tensor, axis: Axis, keepdim: bool) -> torch.Tensor:
-    return torch.amax(input, dim=_dims(axis), keepdim=keepdim)
-
-
-def min(input: torch.Tensor, axis: Axis, keepdim: bool) -> torch.Tensor:
-    return torch.amin(input, dim=_dims(axis), keepdim=keepdim)
 
 
 def variance(
@@ -58,10 +38,6 @@ def arg_min(input: torch.Tensor, axis: int | None, keepdim: bool) -> torch.Tenso
 
 
 LOWERINGS: dict[str, Callable[..., Any]] = {
-    "sum": sum,
-    "mean": mean,
-    "max": max,
-    "min": min,
     "variance": variance,
     "arg_max": arg_max,
     "arg_min": arg_min,
