@@ -86,6 +86,23 @@ def vjp_from_rules(rules: Mapping[str, GradRule]) -> Vjp:
             return (rule(np, output_grad, output, input),)
 
         return unary_vjp
+    if set(rules) == {"input"} and names[0] == "input":
+        only = rules["input"]
+        nones = (None,) * (len(names) - 1)
+
+        def one_input_vjp(
+            output_grad: Array,
+            output: Array,
+            input: Array,
+            *constants: Any,
+            needs: Needs = None,
+        ) -> tuple[Grad, ...]:
+            # One gradient, shaped as the input by the rule (reductions, softmax).
+            if not wants(needs, 0, input):
+                return (None, *nones)
+            return (only(np, output_grad, output, input, *constants), *nones)
+
+        return one_input_vjp
 
     def vjp(
         output_grad: Array, output: Array, *inputs: Any, needs: Needs = None
