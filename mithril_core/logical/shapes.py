@@ -84,13 +84,15 @@ def _undo(obj: Any, what: Any, old: Any) -> None:
         obj.update(old)
 
 
+def _roll_back(trail: list[Any]) -> None:
+    clear_queue()
+    for at in range(len(trail) - 3, -1, -3):
+        _undo(trail[at], trail[at + 1], trail[at + 2])
+
+
 @contextmanager
-def transaction() -> Iterator[None]:
-    """Undo every recorded change if the body raises; nested uses join the outer one."""
+def _recording(*, always_undo: bool) -> Iterator[None]:
     global _TRAIL
-    if _TRAIL is not None:
-        yield
-        return
     trail: list[Any] = []
     _TRAIL = trail
     # The trail keeps every replaced value alive until the step ends, so a large step
@@ -102,10 +104,12 @@ def transaction() -> Iterator[None]:
         yield
     except BaseException:
         _TRAIL = None
-        clear_queue()
-        for at in range(len(trail) - 3, -1, -3):
-            _undo(trail[at], trail[at + 1], trail[at + 2])
+        _roll_back(trail)
         raise
+    else:
+        _TRAIL = None
+        if always_undo:
+            _roll_back(trail)
     finally:
         _TRAIL = None
         if collect:
@@ -113,27 +117,25 @@ def transaction() -> Iterator[None]:
 
 
 @contextmanager
+def transaction() -> Iterator[None]:
+    """Undo every recorded change if the body raises; nested uses join the outer one."""
+    if _TRAIL is not None:
+        yield
+        return
+    with _recording(always_undo=False):
+        yield
+
+
+@contextmanager
 def scratch() -> Iterator[None]:
     """Record every change made in the body and undo them all when it ends, whether
     it returns or raises: compile specialises a model this way, reads what it needs,
     and leaves the model as it was (no copy of the model)."""
-    global _TRAIL
     if _TRAIL is not None:
         msg = "scratch() cannot run inside a composition step"
         raise RuntimeError(msg)
-    trail: list[Any] = []
-    _TRAIL = trail
-    collect = gc.isenabled()
-    gc.disable()
-    try:
+    with _recording(always_undo=True):
         yield
-    finally:
-        _TRAIL = None
-        clear_queue()
-        for at in range(len(trail) - 3, -1, -3):
-            _undo(trail[at], trail[at + 1], trail[at + 2])
-        if collect:
-            gc.enable()
 
 
 class ShapeConflict(Exception):  # noqa: N818 - internal signal, converted to ShapeError

@@ -10,7 +10,7 @@ what depends only on constants, cast promoted floats.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from types import MappingProxyType
@@ -503,6 +503,28 @@ def shape_sources(graph: Graph, value: Value) -> list[int | tuple[str, int] | No
     return [
         _dim_of(graph, value, axis, input_key) for axis in range(len(value.dims or ()))
     ]
+
+
+def check_lowerings(
+    graph: Graph, lowerings: Mapping[str, Any], what: str, hint: str
+) -> None:
+    """Raise one ``MissingLoweringError`` listing every op of ``graph`` that
+    ``lowerings`` lacks, with the model paths that use it: "<what> for N
+    primitive(s): ..." and then ``hint``."""
+    from mithril_core.errors import MissingLoweringError
+
+    missing: dict[str, list[str]] = {}
+    for node in graph.nodes:
+        if node.op not in lowerings:
+            missing.setdefault(node.op, []).append(node.path)
+    if not missing:
+        return
+    lines = [
+        f"  {op!r} used at {', '.join(paths[:5])}" + (" ..." if len(paths) > 5 else "")
+        for op, paths in sorted(missing.items())
+    ]
+    msg = f"{what} for {len(missing)} primitive(s):\n" + "\n".join(lines) + "\n" + hint
+    raise MissingLoweringError(msg)
 
 
 def forward_of(lowering: Any) -> Callable[..., Any]:

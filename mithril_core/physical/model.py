@@ -18,7 +18,6 @@ from mithril_core.codegen.python import PythonCodegen
 from mithril_core.errors import (
     CompileError,
     InputKeyError,
-    MissingLoweringError,
     ShapeError,
 )
 from mithril_core.logical import shapes as sh
@@ -92,7 +91,12 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
     timer.done("restore model")
     registry = get_registry()
     lowerings = registry.lowerings(backend.name)
-    _check_lowerings(graph, lowerings, backend.name)
+    flat.check_lowerings(
+        graph,
+        lowerings,
+        f"Backend {backend.name!r} has no lowering",
+        "Install or write a plugin providing them (see `python -m mithril_core ops`).",
+    )
     timer.done("lowering check")
     numpy_lowerings = registry.lowerings("numpy")
     graph = flat.fold_constants(
@@ -566,28 +570,6 @@ def _outputs(
         )
         raise InputKeyError(msg)
     return outputs
-
-
-def _check_lowerings(
-    graph: flat.FlatGraph, lowerings: Mapping[str, Any], backend: str
-) -> None:
-    missing: dict[str, list[str]] = {}
-    for node in graph.nodes:
-        if node.op not in lowerings:
-            missing.setdefault(node.op, []).append(node.path)
-    if missing:
-        lines = [
-            f"  {op!r} used at {', '.join(paths[:5])}"
-            + (" ..." if len(paths) > 5 else "")
-            for op, paths in sorted(missing.items())
-        ]
-        msg = (
-            f"Backend {backend!r} has no lowering for {len(missing)} primitive(s):\n"
-            + "\n".join(lines)
-            + "\nInstall or write a plugin providing them "
-            "(see `python -m mithril_core ops`)."
-        )
-        raise MissingLoweringError(msg)
 
 
 def _fold(node: flat.Node, args: list[Any], numpy_lowerings: Mapping[str, Any]) -> Any:

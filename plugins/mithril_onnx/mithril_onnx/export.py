@@ -44,6 +44,7 @@ from mithril_core.errors import (
     ShapeError,
 )
 from mithril_core.logical import types as ty
+from mithril_core.physical.flat import check_lowerings
 
 if TYPE_CHECKING:
     import onnx
@@ -410,7 +411,13 @@ def export_graph(
             f"inputs: {list(graph.inputs)}."
         )
         raise InputKeyError(msg)
-    _check_lowerings(graph, lowerings)
+    check_lowerings(
+        graph,
+        lowerings,
+        "ONNX export: no ONNX lowering",
+        "A package adds one through the mithril_lowerings hook for backend 'onnx' "
+        "(see mithril_onnx.export).",
+    )
     g = OnnxBuilder(float_dtype, (*graph.inputs, *graph.outputs))
     env: dict[int, Any] = {}
     graph_inputs: list[onnx.ValueInfoProto] = []
@@ -594,26 +601,6 @@ def _settle(g: OnnxBuilder, node: Any, result: Any, since: int) -> Any:
         if node.output.name not in g._used:
             return g.rename_last(settled, node.output.name, since)
     return settled
-
-
-def _check_lowerings(graph: Any, lowerings: Mapping[str, Lowering]) -> None:
-    missing: dict[str, list[str]] = {}
-    for node in graph.nodes:
-        if node.op not in lowerings:
-            missing.setdefault(node.op, []).append(node.path)
-    if missing:
-        lines = [
-            f"  {op!r} used at {', '.join(paths[:5])}"
-            + (" ..." if len(paths) > 5 else "")
-            for op, paths in sorted(missing.items())
-        ]
-        msg = (
-            f"ONNX export: no ONNX lowering for {len(missing)} primitive(s):\n"
-            + "\n".join(lines)
-            + "\nA package adds one through the mithril_lowerings hook for backend "
-            "'onnx' (see mithril_onnx.export)."
-        )
-        raise MissingLoweringError(msg)
 
 
 def export_model(
