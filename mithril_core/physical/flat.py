@@ -588,10 +588,15 @@ def specialize(
         if known is not None:
             sh.unify_with_dims(conn.shape_node, known)
     solve()
+    # Inputs no call reads (an output that is an input) take the data's facts as is.
+    given: dict[str, Value] = {}
     for key, (shape, kind) in zip(keys, signature, strict=True):
         conn = conns.get(key)
         if conn is None:
-            continue  # an input no call reads
+            value = graph.inputs[key]
+            kinds = value.types & frozenset({_KINDS.get(kind, ty.TENSOR_FLOAT)})
+            given[key] = replace(value, types=kinds or value.types, dims=tuple(shape))
+            continue
         conn = conn.find()
         before = repr(conn.shape_node)
         try:
@@ -612,7 +617,10 @@ def specialize(
         known = new.get(id(value))
         if known is None:
             conn = None if value.is_constant else conns.get(value.name)
-            known = value if conn is None else reader.value(conn.find(), value.name)
+            if conn is not None:
+                known = reader.value(conn.find(), value.name)
+            else:
+                known = given.get(value.name, value)
             new[id(value)] = known
         return known
 
