@@ -43,19 +43,7 @@ class OnnxBackend(NumpyBackend):
     has_autograd = False
     supports_jit = False
     supports_gradients: ClassVar[bool] = False
-    supported_dtypes = frozenset(
-        {
-            "float16",
-            "float32",
-            "float64",
-            "int8",
-            "int16",
-            "int32",
-            "int64",
-            "uint8",
-            "bool",
-        }
-    )
+    # supported_dtypes: NumPy's (arrays are NumPy arrays).
 
     def __init__(
         self, device: str = "cpu", dtype: Dtype | str = "float32", *, threads: int = 0
