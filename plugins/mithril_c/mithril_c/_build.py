@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from mithril_c._codegen import c_string
+from mithril_c._emit import c_string
 from mithril_core.errors import CompileError, MithrilError
 
 CSRC = Path(__file__).resolve().parent / "csrc"

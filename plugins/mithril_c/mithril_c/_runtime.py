@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mithril_c._codegen import Loc, Plan
+from mithril_c._plan import Loc, Plan
 from mithril_core.errors import DtypeError, IndexRangeError, InputKeyError, ShapeError
 
 _ALIGN_BYTES = 64

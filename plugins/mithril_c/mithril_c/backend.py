@@ -119,7 +119,8 @@ class CBackend(Backend):
         inference: bool,
         file_path: str | None,
     ) -> Program:
-        from mithril_c._codegen import comment_text, unresolved
+        from mithril_c._emit import comment_text
+        from mithril_c._plan import unresolved
         from mithril_c._specialize import assumed, specialize
 
         # compile restricts the trainable inputs to float tensors last: propagate it.
@@ -150,7 +151,7 @@ class CBackend(Backend):
                 # The assumed kinds contradict the graph (ids that reach an embedding
                 # through an add are int): generate from the data's kinds instead.
                 specialised = graph
-        unknown = unresolved(specialised)
+        unknown = unresolved(specialised, lowerings)
         if not unknown:
             lazy.default = self._runtime(specialised, lowerings, options, file_path)
             lazy.ambiguous = [

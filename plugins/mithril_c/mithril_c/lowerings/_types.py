@@ -1,7 +1,7 @@
 """The form of a C lowering (SPEC §3: "C lowerings carry C source").
 
-A lowering is ``(forward, vjp)`` or, for element-wise ops, optionally
-``(forward, vjp, options)``:
+A lowering is a :class:`~mithril_core.primitives.lowering.Lowering` record (a
+``(forward, vjp)`` or ``(forward, vjp, options)`` tuple is read as one):
 
 - element-wise ops: ``forward`` is a C expression template over ``{0}``, ``{1}`` ...
   (the inputs) and ``vjp`` a tuple with one C expression per input over ``{g}`` (the
@@ -11,16 +11,31 @@ A lowering is ``(forward, vjp)`` or, for element-wise ops, optionally
   into one loop with their element-wise neighbours. Operands are converted to the
   output's C type (``real``, ``int64_t`` ...) before the template sees them; a bool
   output (a comparison) gets them converted to their common NumPy type instead.
-  ``options`` may hold ``"int"`` / ``"bool"``: the template used when the output is
-  an int / bool tensor, and ``"raw"``: positions of operands read as stored (no
-  conversion: conditions, truth values, a cast's input). Third-party packages lower
-  their element-wise primitives this way, e.g.
+  Third-party packages lower their element-wise primitives this way, e.g.
   ``{"example_ops.softsign": ("({0} / (1 + MC_FABS({0})))",
   ("{g} / ((1 + MC_FABS({0})) * (1 + MC_FABS({0})))",))}``.
 - other ops: ``forward(ctx, node)`` and ``vjp(ctx, node, needs)`` are Python
   functions that emit C statements through the code generator's
-  :class:`mithril_c._codegen.Emitter` (calls into the ``csrc/`` kernels). Their
-  tensors are ``real`` unless the forward is marked with :func:`dtypes`.
+  :class:`mithril_c._emit.Emitter` (calls into the ``csrc/`` kernels), reading the
+  node's inputs by name (``node.input("weight")``). Their tensors are ``real`` unless
+  the forward is marked with :func:`dtypes`.
+
+``options`` holds the op's facts, read by the generic code generator (which names no
+operator):
+
+- ``"int"`` / ``"bool"``: the element-wise template used when the output is an int /
+  bool tensor; ``"raw"``: positions of operands read as stored (no conversion:
+  conditions, truth values, a cast's input).
+- ``"output_dtype"``: ``f(node) -> dtype name`` the output has (a cast); a name with no
+  C type (float16) makes the op unsupported. ``"int_output"``: the dtype of an int
+  output whatever the inputs' (``"int64"``: sums, arg_max).
+- ``"virtual"``: no C computes the output: ``"list"`` (a list of tensors, read only
+  by ops with ``"reads_lists"``, through ``ctx.parts``) or ``"chunks"`` (chunks of the
+  first input, read only by ops whose ``"reads_chunk"(node)`` is true, through
+  ``ctx.folded``).
+- ``"gemm_fold"``: ``f(node) -> bool``: when the output is read only by ops with
+  ``"reads_transposed"``, no C computes it: they read the first input through
+  ``ctx.transposed`` (a transpose of the last two axes, a gemm flag).
 """
 
 from __future__ import annotations
@@ -28,12 +43,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mithril_core.primitives.lowering import Lowering
+
 ElementwiseLowering = (
     tuple[str, tuple[str | None, ...]]
     | tuple[str, tuple[str | None, ...], dict[str, Any]]
 )
 Emit = Callable[..., None]
-CLowering = ElementwiseLowering | tuple[Emit, Emit]
+CLowering = ElementwiseLowering | tuple[Emit, Emit] | Lowering
 
 
 def dtypes(spec: str | dict[int, str]) -> Callable[[Emit], Emit]:

@@ -9,6 +9,7 @@ VJP is one expression per input (``None``: no gradient). Options (third element,
 from __future__ import annotations
 
 from mithril_c.lowerings._types import CLowering
+from mithril_core.physical.flat import Node
 
 _PICK_MAX = "{g} * mc_share({0} < {1}, {0}, {1})"
 _PICK_MAX_RIGHT = "{g} * mc_share({0} > {1}, {0}, {1})"
@@ -16,6 +17,13 @@ _PICK_MIN = "{g} * mc_share({0} > {1}, {0}, {1})"
 _PICK_MIN_RIGHT = "{g} * mc_share({0} < {1}, {0}, {1})"
 _NO_GRAD = (None, None)
 _TRUTH = {"raw": (0, 1)}
+
+
+def _cast_dtype(node: Node) -> str:
+    """The dtype name a cast's output gets."""
+    dtype = node.input("dtype").constant
+    return str(getattr(dtype, "name", dtype))
+
 
 LOWERINGS: dict[str, CLowering] = {
     "add": ("({0} + {1})", ("{g}", "{g}")),
@@ -70,7 +78,11 @@ LOWERINGS: dict[str, CLowering] = {
     ),
     # The assignment to the output's C type converts (C truncates toward zero, as
     # NumPy's astype); bools are "not zero".
-    "cast": ("{0}", ("{g}", None), {"raw": (0,), "bool": "({0} != 0)"}),
+    "cast": (
+        "{0}",
+        ("{g}", None),
+        {"raw": (0,), "bool": "({0} != 0)", "output_dtype": _cast_dtype},
+    ),
     "greater": ("({0} > {1})", _NO_GRAD),
     "greater_equal": ("({0} >= {1})", _NO_GRAD),
     "less": ("({0} < {1})", _NO_GRAD),

@@ -5,9 +5,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mithril_c._codegen import Emitter, broadcast_strides, contiguous_strides, loop_nest
+from mithril_c._emit import Emitter
+from mithril_c._fuse import broadcast_strides, contiguous_strides, loop_nest
 from mithril_c.lowerings._types import CLowering
 from mithril_core.physical.flat import Node, Value
+from mithril_core.primitives.lowering import Lowering
 
 Needs = tuple[bool, ...]
 
@@ -56,7 +58,7 @@ class _Product:
 
 
 def _product(ctx: Emitter, node: Node) -> _Product:
-    left, right = node.inputs
+    left, right = node.input("left"), node.input("right")
     left_shape, right_shape = ctx.shape(left), ctx.shape(right)
     if len(left_shape) == 1:
         left_shape = (1, *left_shape)
@@ -188,5 +190,8 @@ def matrix_multiply_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 LOWERINGS: dict[str, CLowering] = {
-    "matrix_multiply": (matrix_multiply, matrix_multiply_vjp),
+    # A transpose of the last two axes it reads is a gemm flag (ctx.transposed).
+    "matrix_multiply": Lowering(
+        matrix_multiply, matrix_multiply_vjp, options={"reads_transposed": True}
+    ),
 }

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 
-from mithril_c._codegen import Emitter
+from mithril_c._emit import Emitter
 from mithril_c.lowerings._types import CLowering, dtypes
 from mithril_core.physical.flat import Node
 
@@ -15,19 +15,20 @@ _INPUT_TYPES = {"logits": 0, "probs": 1, "log_probs": 2}
 
 def _classes(ctx: Emitter, node: Node) -> str:
     """``outer, n, inner`` of the class axis and the input type code."""
-    shape = ctx.shape(node.inputs[0])
-    axis = node.inputs[2].constant % len(shape)
+    shape = ctx.shape(node.input("input"))
+    axis = node.input("axis").constant % len(shape)
     outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1 :])
-    kind = _INPUT_TYPES[node.inputs[3].constant]
+    kind = _INPUT_TYPES[node.input("input_type").constant]
     return f"{outer}, {shape[axis]}, {inner}, {kind}"
 
 
 def _target(ctx: Emitter, node: Node) -> tuple[str, str]:
-    target = node.inputs[1]
+    target = node.input("target")
     size = np.dtype(ctx.dtype(target)).itemsize
+    classes = ctx.shape(node.input("input"))[node.input("axis").constant]
     message = (
         f"{node.path}: a cross-entropy target class is out of range for "
-        f"{ctx.shape(node.inputs[0])[node.inputs[2].constant]} classes."
+        f"{classes} classes."
     )
     return f"{ctx.ptr(target)}, {size}", message
 
@@ -35,15 +36,15 @@ def _target(ctx: Emitter, node: Node) -> tuple[str, str]:
 @dtypes({1: "iu"})
 def cross_entropy(ctx: Emitter, node: Node) -> None:
     target, message = _target(ctx, node)
-    x = ctx.ptr(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
     call = f"mc_cross_entropy({ctx.out(node)}, {x}, {target}, {_classes(ctx, node)})"
     ctx.check(call, message)
 
 
 def cross_entropy_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     target, message = _target(ctx, node)
-    x = ctx.ptr(node.inputs[0])
-    pointer, accumulate = ctx.target(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
+    pointer, accumulate = ctx.target(node.input("input"))
     call = (
         f"mc_cross_entropy_vjp({pointer}, {ctx.gout(node)}, {x}, {target}, "
         f"{_classes(ctx, node)}, {int(accumulate)})"
@@ -52,7 +53,7 @@ def cross_entropy_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 def cross_entropy_soft(ctx: Emitter, node: Node) -> None:
-    x, t = (ctx.ptr(v) for v in node.inputs[:2])
+    x, t = (ctx.ptr(node.input(k)) for k in ("input", "target"))
     ctx.line(
         f"mc_cross_entropy_soft({ctx.out(node)}, {x}, {t}, {_classes(ctx, node)});"
     )
@@ -60,15 +61,15 @@ def cross_entropy_soft(ctx: Emitter, node: Node) -> None:
 
 def _grads(ctx: Emitter, node: Node, needs: Needs) -> tuple[list[str], list[int]]:
     pointers, flags = [], []
-    for j in range(2):
-        pointer, accumulate = ctx.target(node.inputs[j]) if needs[j] else ("NULL", 0)
+    for j, key in enumerate(("input", "target")):
+        pointer, accumulate = ctx.target(node.input(key)) if needs[j] else ("NULL", 0)
         pointers.append(pointer)
         flags.append(int(accumulate))
     return pointers, flags
 
 
 def cross_entropy_soft_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    x, t = (ctx.ptr(v) for v in node.inputs[:2])
+    x, t = (ctx.ptr(node.input(k)) for k in ("input", "target"))
     (gx, gt), (ax, at) = _grads(ctx, node, needs)
     ctx.line(
         f"mc_cross_entropy_soft_vjp({gx}, {gt}, {ctx.gout(node)}, {x}, {t}, "
@@ -77,11 +78,11 @@ def cross_entropy_soft_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 def _logits(node: Node) -> int:
-    return int(node.inputs[2].constant == "logits")
+    return int(node.input("input_type").constant == "logits")
 
 
 def binary_cross_entropy(ctx: Emitter, node: Node) -> None:
-    x, t = (ctx.ptr(v) for v in node.inputs[:2])
+    x, t = (ctx.ptr(node.input(k)) for k in ("input", "target"))
     ctx.line(
         f"mc_binary_cross_entropy({ctx.out(node)}, {x}, {t}, {ctx.numel(node.output)}, "
         f"{_logits(node)});"
@@ -89,7 +90,7 @@ def binary_cross_entropy(ctx: Emitter, node: Node) -> None:
 
 
 def binary_cross_entropy_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    x, t = (ctx.ptr(v) for v in node.inputs[:2])
+    x, t = (ctx.ptr(node.input(k)) for k in ("input", "target"))
     (gx, gt), (ax, at) = _grads(ctx, node, needs)
     ctx.line(
         f"mc_binary_cross_entropy_vjp({gx}, {gt}, {ctx.gout(node)}, {x}, {t}, "

@@ -5,12 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mithril_c._codegen import (
-    Emitter,
-    broadcast_strides,
-    contiguous_strides,
-    loop_nest,
-)
+from mithril_c._emit import Emitter
+from mithril_c._fuse import broadcast_strides, contiguous_strides, loop_nest
 from mithril_c.lowerings._types import CLowering, dtypes
 from mithril_core.errors import CompileError
 from mithril_core.physical.flat import Node, Value
@@ -20,20 +16,20 @@ Needs = tuple[bool, ...]
 
 
 def _layout(ctx: Emitter, node: Node) -> str:
-    shape = ctx.shape(node.inputs[0])
-    axis = node.inputs[1].constant % len(shape)
+    shape = ctx.shape(node.input("input"))
+    axis = node.input("axis").constant % len(shape)
     outer = math.prod(shape[:axis])
     inner = math.prod(shape[axis + 1 :])
     return f"{outer}, {shape[axis]}, {inner}"
 
 
 def softmax(ctx: Emitter, node: Node) -> None:
-    x = ctx.ptr(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
     ctx.line(f"mc_softmax({ctx.out(node)}, {x}, {_layout(ctx, node)});")
 
 
 def softmax_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    pointer, accumulate = ctx.target(node.inputs[0])
+    pointer, accumulate = ctx.target(node.input("input"))
     ctx.line(
         f"mc_softmax_vjp({pointer}, {ctx.gout(node)}, {ctx.ptr(node.output)}, "
         f"{_layout(ctx, node)}, {int(accumulate)});"
@@ -41,12 +37,12 @@ def softmax_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 def log_softmax(ctx: Emitter, node: Node) -> None:
-    x = ctx.ptr(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
     ctx.line(f"mc_log_softmax({ctx.out(node)}, {x}, {_layout(ctx, node)});")
 
 
 def log_softmax_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    pointer, accumulate = ctx.target(node.inputs[0])
+    pointer, accumulate = ctx.target(node.input("input"))
     ctx.line(
         f"mc_log_softmax_vjp({pointer}, {ctx.gout(node)}, {ctx.ptr(node.output)}, "
         f"{_layout(ctx, node)}, {int(accumulate)});"
@@ -58,8 +54,10 @@ def log_softmax_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
     """The ``long`` dims array of mc_conv2d and the size of its column scratch."""
-    x, w = node.inputs[0], node.inputs[1]
-    stride, padding, dilation, groups = (v.constant for v in node.inputs[2:6])
+    x, w = node.input("input"), node.input("weight")
+    stride, padding, dilation, groups = (
+        node.input(k).constant for k in ("stride", "padding", "dilation", "groups")
+    )
     if not isinstance(groups, int):
         msg = f"{node.path}: backend 'c' needs a constant 'groups', got {groups!r}."
         raise CompileError(msg)
@@ -80,17 +78,17 @@ def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
 
 def conv(ctx: Emitter, node: Node) -> None:
     dims, columns = _conv(ctx, node)
-    x, w = (ctx.ptr(v) for v in node.inputs[:2])
+    x, w = ctx.ptr(node.input("input")), ctx.ptr(node.input("weight"))
     col = ctx.temp(node, "col", columns)
     ctx.line(f"mc_conv2d({ctx.out(node)}, {x}, {w}, {dims}, {col});")
 
 
 def conv_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     dims, columns = _conv(ctx, node)
-    x, w = (ctx.ptr(v) for v in node.inputs[:2])
+    x, w = ctx.ptr(node.input("input")), ctx.ptr(node.input("weight"))
     col = ctx.temp(node, "col", columns)
-    gx, acc_x = ctx.target(node.inputs[0]) if needs[0] else ("NULL", False)
-    gw, acc_w = ctx.target(node.inputs[1]) if needs[1] else ("NULL", False)
+    gx, acc_x = ctx.target(node.input("input")) if needs[0] else ("NULL", False)
+    gw, acc_w = ctx.target(node.input("weight")) if needs[1] else ("NULL", False)
     ctx.line(
         f"mc_conv2d_vjp({gx}, {gw}, {ctx.gout(node)}, {x}, {w}, {dims}, {col}, "
         f"{int(acc_x)}, {int(acc_w)});"
@@ -101,22 +99,25 @@ def conv_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 def _pool(ctx: Emitter, node: Node) -> str:
-    n, c, h, w = ctx.shape(node.inputs[0])
+    n, c, h, w = ctx.shape(node.input("input"))
     oh, ow = ctx.shape(node.output)[2:]
-    kernel, stride, padding = (v.constant for v in node.inputs[1:4])
-    dilation = node.inputs[4].constant if len(node.inputs) > 4 else (1, 1)
+    kernel, stride, padding = (
+        node.input(k).constant for k in ("kernel_size", "stride", "padding")
+    )
+    has = "dilation" in node.input_names
+    dilation = node.input("dilation").constant if has else (1, 1)
     dims = (n * c, h, w, oh, ow, *kernel, *stride, *padding, *dilation)
     return ctx.longs(dims)
 
 
 def max_pool2d(ctx: Emitter, node: Node) -> None:
-    x = ctx.ptr(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
     ctx.line(f"mc_max_pool2d({ctx.out(node)}, {x}, {_pool(ctx, node)});")
 
 
 def max_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    x = ctx.ptr(node.inputs[0])
-    pointer, accumulate = ctx.target(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
+    pointer, accumulate = ctx.target(node.input("input"))
     ctx.line(
         f"mc_max_pool2d_vjp({pointer}, {ctx.gout(node)}, {x}, {_pool(ctx, node)}, "
         f"{int(accumulate)});"
@@ -124,12 +125,12 @@ def max_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 def avg_pool2d(ctx: Emitter, node: Node) -> None:
-    x = ctx.ptr(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
     ctx.line(f"mc_avg_pool2d({ctx.out(node)}, {x}, {_pool(ctx, node)});")
 
 
 def avg_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    pointer, accumulate = ctx.target(node.inputs[0])
+    pointer, accumulate = ctx.target(node.input("input"))
     ctx.line(
         f"mc_avg_pool2d_vjp({pointer}, {ctx.gout(node)}, {_pool(ctx, node)}, "
         f"{int(accumulate)});"
@@ -137,18 +138,18 @@ def avg_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 def _adaptive(ctx: Emitter, node: Node) -> str:
-    n, c, h, w = ctx.shape(node.inputs[0])
+    n, c, h, w = ctx.shape(node.input("input"))
     oh, ow = ctx.shape(node.output)[2:]
     return f"{n * c}, {h}, {w}, {oh}, {ow}"
 
 
 def adaptive_avg_pool2d(ctx: Emitter, node: Node) -> None:
-    x = ctx.ptr(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
     ctx.line(f"mc_adaptive_avg_pool2d({ctx.out(node)}, {x}, {_adaptive(ctx, node)});")
 
 
 def adaptive_avg_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    pointer, accumulate = ctx.target(node.inputs[0])
+    pointer, accumulate = ctx.target(node.input("input"))
     ctx.line(
         f"mc_adaptive_avg_pool2d_vjp({pointer}, {ctx.gout(node)}, "
         f"{_adaptive(ctx, node)}, {int(accumulate)});"
@@ -160,7 +161,7 @@ def adaptive_avg_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 def _embedding(ctx: Emitter, node: Node) -> tuple[str, str, str]:
     """The index arguments, the sizes (count, rows, dim) and the range error."""
-    index, weight = node.inputs
+    index, weight = node.input("input"), node.input("weight")
     rows, dim = ctx.shape(weight)
     size = np.dtype(ctx.dtype(index)).itemsize
     message = f"{node.path}: an embedding index is out of range for {rows} rows."
@@ -170,13 +171,13 @@ def _embedding(ctx: Emitter, node: Node) -> tuple[str, str, str]:
 @dtypes({0: "iu"})
 def embedding(ctx: Emitter, node: Node) -> None:
     index, sizes, message = _embedding(ctx, node)
-    weight = ctx.ptr(node.inputs[1])
+    weight = ctx.ptr(node.input("weight"))
     ctx.check(f"mc_embedding({ctx.out(node)}, {index}, {weight}, {sizes})", message)
 
 
 def embedding_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     index, sizes, message = _embedding(ctx, node)
-    pointer, accumulate = ctx.target(node.inputs[1])
+    pointer, accumulate = ctx.target(node.input("weight"))
     call = (
         f"mc_embedding_vjp({pointer}, {ctx.gout(node)}, {index}, {sizes}, "
         f"{int(accumulate)})"
@@ -188,8 +189,8 @@ _PAD_MODES = {"constant": 0, "reflect": 1, "edge": 2}
 
 
 def _pad(ctx: Emitter, node: Node) -> str:
-    shape, out = ctx.shape(node.inputs[0]), ctx.shape(node.output)
-    widths, mode = node.inputs[1].constant, node.inputs[2].constant
+    shape, out = ctx.shape(node.input("input")), ctx.shape(node.output)
+    widths, mode = node.input("pad_width").constant, node.input("mode").constant
     before = [b for b, _ in widths]
     return (
         f"{len(shape)}, {ctx.longs(shape)}, {ctx.longs(out)}, {ctx.longs(before)}, "
@@ -198,12 +199,12 @@ def _pad(ctx: Emitter, node: Node) -> str:
 
 
 def pad(ctx: Emitter, node: Node) -> None:
-    x, value = ctx.ptr(node.inputs[0]), ctx.lit(node.inputs[3].constant)
+    x, value = ctx.ptr(node.input("input")), ctx.lit(node.input("value").constant)
     ctx.line(f"mc_pad({ctx.out(node)}, {x}, {_pad(ctx, node)}, {value});")
 
 
 def pad_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    pointer, accumulate = ctx.target(node.inputs[0])
+    pointer, accumulate = ctx.target(node.input("input"))
     ctx.line(
         f"mc_pad_vjp({pointer}, {ctx.gout(node)}, {_pad(ctx, node)}, "
         f"{int(accumulate)});"
@@ -211,6 +212,9 @@ def pad_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 # -- attention -------------------------------------------------------------------------
+
+
+_QKV = ("query", "key", "value")
 
 
 @dataclass
@@ -240,10 +244,9 @@ class _Attention:
 
 
 def _attention(ctx: Emitter, node: Node) -> _Attention:
-    q, k, v = node.inputs[:3]
-    masked = node.op == "scaled_dot_product_masked"
-    mask = node.inputs[3] if masked else None
-    causal, scale = (x.constant for x in node.inputs[3 + masked : 5 + masked])
+    q, k, v = (node.input(name) for name in _QKV)
+    mask = node.input("mask") if "mask" in node.input_names else None
+    causal, scale = node.input("is_causal").constant, node.input("scale").constant
     qs, ks, vs = ctx.shape(q), ctx.shape(k), ctx.shape(v)
     batch, (lq, e), lk, ev = qs[:-2], qs[-2:], ks[-2], vs[-1]
     factor = e**-0.5 if scale is None else scale
@@ -274,7 +277,7 @@ def _batches(ctx: Emitter, a: _Attention, call: str, writes: tuple[int, ...]) ->
 @dtypes({3: "b"})
 def scaled_dot_product(ctx: Emitter, node: Node) -> None:
     a = _attention(ctx, node)
-    q, k, v = (ctx.ptr(x) for x in node.inputs[:3])
+    q, k, v = (ctx.ptr(node.input(name)) for name in _QKV)
     out = ctx.out(node)
     probs = ctx.temp(node, "probs", math.prod(a.batch) * a.lq * a.lk)
     mask, kind = "NULL", 0
@@ -294,7 +297,7 @@ def scaled_dot_product(ctx: Emitter, node: Node) -> None:
 
 def scaled_dot_product_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     a = _attention(ctx, node)
-    q, k, v = (ctx.ptr(x) for x in node.inputs[:3])
+    q, k, v = (ctx.ptr(node.input(name)) for name in _QKV)
     probs = ctx.temp(node, "probs", math.prod(a.batch) * a.lq * a.lk)
     # One scratch block per batch entry: entries may run on different threads.
     scratch = ctx.temp(node, "dp", math.prod(a.batch) * a.lq * a.lk)
@@ -303,7 +306,7 @@ def scaled_dot_product_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     for j in range(3):
         if needs[j]:
             writes.append(j)
-            pointer, accumulate = ctx.target(node.inputs[j])
+            pointer, accumulate = ctx.target(node.input(_QKV[j]))
             grads.append((f"{pointer} + {{{j}}}", int(accumulate)))
         else:
             grads.append(("NULL", 0))
@@ -330,7 +333,7 @@ def scaled_dot_product_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 def dropout(ctx: Emitter, node: Node) -> None:
-    x, p = ctx.ptr(node.inputs[0]), ctx.lit(node.inputs[1].constant)
+    x, p = ctx.ptr(node.input("input")), ctx.lit(node.input("p").constant)
     state = ctx.state(node, "state", 1, "uint64_t")
     # A fixed odd seed per dropout node: a compiled model's masks are reproducible.
     seed = (0x9E3779B97F4A7C15 * (ctx.graph.nodes.index(node) + 1)) % 2**64 | 1
@@ -341,9 +344,9 @@ def dropout(ctx: Emitter, node: Node) -> None:
 
 
 def dropout_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    x, y = ctx.ptr(node.inputs[0]), ctx.ptr(node.output)
-    pointer, accumulate = ctx.target(node.inputs[0])
-    p = ctx.lit(node.inputs[1].constant)
+    x, y = ctx.ptr(node.input("input")), ctx.ptr(node.output)
+    pointer, accumulate = ctx.target(node.input("input"))
+    p = ctx.lit(node.input("p").constant)
     ctx.line(
         f"mc_dropout_vjp({pointer}, {ctx.gout(node)}, {y}, {x}, "
         f"{ctx.numel(node.output)}, {p}, {int(accumulate)});"

@@ -5,10 +5,12 @@ from typing import Any
 
 import numpy as np
 
-from mithril_c._codegen import Emitter, contiguous_strides, loop_nest
+from mithril_c._emit import Emitter
+from mithril_c._fuse import contiguous_strides, loop_nest
 from mithril_c.lowerings._types import CLowering, dtypes
 from mithril_core.errors import ShapeError
 from mithril_core.physical.flat import Node, Value
+from mithril_core.primitives.lowering import Lowering
 
 Needs = tuple[bool, ...]
 
@@ -22,8 +24,8 @@ def _axes(axis: Any, rank: int) -> tuple[int, ...]:
 
 def _layout(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, ...], int]:
     """Input shape, strides into the reduced output over it, and the count reduced."""
-    shape = ctx.shape(node.inputs[0])
-    axes = _axes(node.inputs[1].constant, len(shape))
+    shape = ctx.shape(node.input("input"))
+    axes = _axes(node.input("axis").constant, len(shape))
     kept = [s for d, s in enumerate(shape) if d not in axes]
     kept_strides = iter(contiguous_strides(kept))
     strides = tuple(0 if d in axes else next(kept_strides) for d in range(len(shape)))
@@ -54,7 +56,7 @@ def _sum_into(
     ctx: Emitter, out: str, value: Value, node: Node, ctype: str = "real"
 ) -> None:
     shape, strides, _ = _layout(ctx, node)
-    axes = _axes(node.inputs[1].constant, len(shape))
+    axes = _axes(node.input("axis").constant, len(shape))
     x = ctx.ptr(value)
     contiguous = axes and axes == tuple(range(axes[0], axes[-1] + 1))
     if contiguous and ctype == "real" and ctx.is_real(value):
@@ -69,13 +71,13 @@ def _sum_into(
 
 @dtypes("any")
 def sum(ctx: Emitter, node: Node) -> None:  # noqa: A001 - the primitive's name
-    _sum_into(ctx, ctx.out(node), node.inputs[0], node, ctx.ctype(node.output))
+    _sum_into(ctx, ctx.out(node), node.input("input"), node, ctx.ctype(node.output))
 
 
 def _spread(ctx: Emitter, node: Node, expression: str) -> None:
     """Input gradient element = ``expression`` ({g}: output gradient element)."""
     shape, strides, _ = _layout(ctx, node)
-    pointer, accumulate = ctx.target(node.inputs[0])
+    pointer, accumulate = ctx.target(node.input("input"))
     grad = ctx.gout(node)
     op = "+=" if accumulate else "="
     text = expression.replace("{g}", f"{grad}[{{o}}]")
@@ -89,7 +91,7 @@ def sum_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 @dtypes({0: "any"})
 def mean(ctx: Emitter, node: Node) -> None:
     out = ctx.out(node)
-    _sum_into(ctx, out, node.inputs[0], node)
+    _sum_into(ctx, out, node.input("input"), node)
     count = _layout(ctx, node)[2]
     numel = ctx.numel(node.output)
     ctx.line(f"for (long i = 0; i < {numel}; ++i) {out}[i] /= (real){count};")
@@ -112,10 +114,11 @@ _LIMITS = {
 def _nonempty(ctx: Emitter, node: Node, count: int) -> None:
     """NumPy and torch refuse max/argmax ... over no elements; so does the C."""
     if count == 0:
-        shape = list(ctx.shape(node.inputs[0]))
+        shape = list(ctx.shape(node.input("input")))
+        axis = node.input("axis").constant
         msg = (
             f"{node.path}: {node.op!r} over an empty axis (input shape {shape}, axis "
-            f"{node.inputs[1].constant!r}) has no result; give data with at least one "
+            f"{axis!r}) has no result; give data with at least one "
             "element along the reduced axes."
         )
         raise ShapeError(msg)
@@ -125,7 +128,7 @@ def _extreme(ctx: Emitter, node: Node, better: str) -> None:
     shape, strides, count = _layout(ctx, node)
     _nonempty(ctx, node, count)
     out = ctx.out(node)
-    x = ctx.ptr(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
     dtype = np.dtype(ctx.dtype(node.output))
     if dtype.kind == "f":
         start = "-INFINITY" if better == ">" else "INFINITY"
@@ -145,7 +148,7 @@ def _extreme(ctx: Emitter, node: Node, better: str) -> None:
 
 def _extreme_vjp(ctx: Emitter, node: Node) -> None:
     shape, strides, _ = _layout(ctx, node)
-    x = ctx.ptr(node.inputs[0])
+    x = ctx.ptr(node.input("input"))
     y = ctx.ptr(node.output)
     count = ctx.temp(node, "ties", ctx.numel(node.output))
     ctx.line(f"mc_fill({count}, {ctx.numel(node.output)}, 0);")
@@ -174,9 +177,9 @@ def variance(ctx: Emitter, node: Node) -> None:
     numel = ctx.numel(node.output)
     average = ctx.temp(node, "mean", numel)
     out = ctx.out(node)
-    x = ctx.ptr(node.inputs[0])
-    correction = node.inputs[3].constant
-    _sum_into(ctx, average, node.inputs[0], node)
+    x = ctx.ptr(node.input("input"))
+    correction = node.input("correction").constant
+    _sum_into(ctx, average, node.input("input"), node)
     ctx.line(f"for (long i = 0; i < {numel}; ++i) {average}[i] /= (real){count};")
     ctx.line(f"mc_fill({out}, {numel}, 0);")
     _loop(
@@ -194,8 +197,8 @@ def variance(ctx: Emitter, node: Node) -> None:
 def variance_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     count = _layout(ctx, node)[2]
     average = ctx.temp(node, "mean", ctx.numel(node.output))
-    x = ctx.ptr(node.inputs[0])
-    correction = ctx.lit(node.inputs[3].constant)
+    x = ctx.ptr(node.input("input"))
+    correction = ctx.lit(node.input("correction").constant)
     _spread(
         ctx,
         node,
@@ -204,8 +207,8 @@ def variance_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 
 def _arg_extreme(ctx: Emitter, node: Node, better: str) -> None:
-    shape = ctx.shape(node.inputs[0])
-    axis = node.inputs[1].constant
+    shape = ctx.shape(node.input("input"))
+    axis = node.input("axis").constant
     if axis is None:
         outer, count, inner = 1, math.prod(shape), 1
     else:
@@ -216,10 +219,10 @@ def _arg_extreme(ctx: Emitter, node: Node, better: str) -> None:
             math.prod(shape[axis + 1 :]),
         )
     _nonempty(ctx, node, count)
-    out, x = ctx.out(node), ctx.ptr(node.inputs[0])
-    ctype = ctx.ctype(node.inputs[0])
+    out, x = ctx.out(node), ctx.ptr(node.input("input"))
+    ctype = ctx.ctype(node.input("input"))
     # The first extreme wins; a NaN beats everything (the first NaN), as NumPy.
-    floating = np.dtype(ctx.dtype(node.inputs[0])).kind == "f"
+    floating = np.dtype(ctx.dtype(node.input("input"))).kind == "f"
     nan = " || (v != v && top == top)" if floating else ""
     ctx.line(
         f"for (long o = 0; o < {outer}; ++o) for (long j = 0; j < {inner}; ++j) {{",
@@ -249,10 +252,13 @@ def _no_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     return None
 
 
+# An int result is int64 whatever the input's int dtype (as NumPy's sum on Linux).
+_INT64 = {"int_output": "int64"}
+
 LOWERINGS: dict[str, CLowering] = {
-    "arg_max": (arg_max, _no_vjp),
-    "arg_min": (arg_min, _no_vjp),
-    "sum": (sum, sum_vjp),
+    "arg_max": Lowering(arg_max, _no_vjp, options=_INT64),
+    "arg_min": Lowering(arg_min, _no_vjp, options=_INT64),
+    "sum": Lowering(sum, sum_vjp, options=_INT64),
     "mean": (mean, mean_vjp),
     "max": (max, extreme_vjp),
     "min": (min, extreme_vjp),

@@ -5,26 +5,28 @@ from typing import Any
 
 import numpy as np
 
-from mithril_c._codegen import Emitter, broadcast_strides, contiguous_strides
+from mithril_c._emit import Emitter
+from mithril_c._fuse import broadcast_strides, contiguous_strides
 from mithril_c.lowerings._types import CLowering, dtypes
 from mithril_core.errors import CompileError, ShapeError
 from mithril_core.physical.flat import Node, Value
+from mithril_core.primitives.lowering import Lowering
 
 Needs = tuple[bool, ...]
 
 
 @dtypes("any")
 def reshape(ctx: Emitter, node: Node) -> None:
-    ctx.alias(node, node.inputs[0])
+    ctx.alias(node, node.input("input"))
 
 
 def reshape_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    ctx.grad_alias(node, node.inputs[0])
+    ctx.grad_alias(node, node.input("input"))
 
 
 def _permutation(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    shape = ctx.shape(node.inputs[0])
-    axes = node.inputs[1].constant
+    shape = ctx.shape(node.input("input"))
+    axes = node.input("axes").constant
     rank = len(shape)
     perm = tuple(reversed(range(rank))) if axes is None else [a % rank for a in axes]
     strides = contiguous_strides(shape)
@@ -34,13 +36,13 @@ def _permutation(ctx: Emitter, node: Node) -> tuple[tuple[int, ...], tuple[int, 
 @dtypes("any")
 def transpose(ctx: Emitter, node: Node) -> None:
     shape, strides = _permutation(ctx, node)
-    value = node.inputs[0]
+    value = node.input("input")
     ctx.gather(value, ctx.out(node), ctx.ptr(value), shape, strides)
 
 
 def transpose_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     shape, strides = _permutation(ctx, node)
-    pointer, accumulate = ctx.target(node.inputs[0])
+    pointer, accumulate = ctx.target(node.input("input"))
     ctx.line(
         f"mc_scatter({pointer}, {ctx.gout(node)}, {len(shape)}, {ctx.longs(shape)}, "
         f"{ctx.longs(strides)}, {int(accumulate)});"
@@ -50,14 +52,14 @@ def transpose_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 @dtypes("any")
 def expand(ctx: Emitter, node: Node) -> None:
     shape = ctx.shape(node.output)
-    value = node.inputs[0]
+    value = node.input("input")
     strides = broadcast_strides(ctx.shape(value), shape)
     ctx.gather(value, ctx.out(node), ctx.ptr(value), shape, strides)
 
 
 def expand_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     shape = ctx.shape(node.output)
-    value = node.inputs[0]
+    value = node.input("input")
     strides = broadcast_strides(ctx.shape(value), shape)
     pointer, accumulate = ctx.target(value)
     if not accumulate:
@@ -82,11 +84,12 @@ def _basic(index: Any) -> bool:
 
 def _indexed(ctx: Emitter, node: Node) -> tuple[Value, Any]:
     """The tensor indexed and the index; a split's chunk k is a slice of its input."""
-    value, index = node.inputs[0], node.inputs[1].constant
-    chunk = ctx.chunk(value)
-    if chunk is None:
+    value, index = node.input("input"), node.input("index").constant
+    split = ctx.folded(value)
+    if split is None:
         return value, index
-    source, size, axis = chunk
+    source = split.input("input")
+    size, axis = split.input("split_size").constant, split.input("axis").constant
     shape = ctx.shape(source)
     axis %= len(shape)
     k = index % -(-shape[axis] // size)
@@ -153,8 +156,8 @@ def indexer_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 def _pieces(ctx: Emitter, node: Node) -> list[tuple[Value, int, tuple[int, ...]]]:
     """(part, element offset in the output, output strides) for each concat part."""
-    parts = ctx.parts(node.inputs[0])
-    axis = node.inputs[1].constant
+    parts = ctx.parts(node.input("input"))
+    axis = node.input("axis").constant
     result: list[tuple[Value, int, tuple[int, ...]]] = []
     offset = 0
     if axis is None:
@@ -173,7 +176,7 @@ def _pieces(ctx: Emitter, node: Node) -> list[tuple[Value, int, tuple[int, ...]]
 
 
 def _part_shape(ctx: Emitter, node: Node, part: Value) -> tuple[int, ...]:
-    if node.inputs[1].constant is None:
+    if node.input("axis").constant is None:
         return (ctx.numel(part),)
     return ctx.shape(part)
 
@@ -217,19 +220,39 @@ def _folded(ctx: Emitter, node: Node, needs: Needs | None = None) -> None:
     raise CompileError(msg)
 
 
+def _swaps_last_two(node: Node) -> bool:
+    """Whether a transpose swaps the last two axes (a gemm flag for its readers)."""
+    rank = len(node.input("input").shape() or ())
+    if rank < 2:
+        return False
+    axes = node.input("axes").constant
+    perm = tuple(range(rank))[::-1] if axes is None else tuple(a % rank for a in axes)
+    return perm == (*range(rank - 2), rank - 1, rank - 2)
+
+
+def _integer_index(node: Node) -> bool:
+    return isinstance(node.input("index").constant, int)
+
+
+_LIST = {"virtual": "list"}
+
 LOWERINGS: dict[str, CLowering] = {
     "reshape": (reshape, reshape_vjp),
     "flatten": (reshape, reshape_vjp),
     "squeeze": (reshape, reshape_vjp),
     "unsqueeze": (reshape, reshape_vjp),
-    "transpose": (transpose, transpose_vjp),
+    # Read only by matrix products, a swap of the last two axes is a gemm flag.
+    "transpose": Lowering(
+        transpose, transpose_vjp, options={"gemm_fold": _swaps_last_two}
+    ),
     "expand": (expand, expand_vjp),
-    "indexer": (indexer, indexer_vjp),
-    "concat": (concat, concat_vjp),
+    # Reads a split's chunk k (an integer index) straight from the split's input.
+    "indexer": Lowering(indexer, indexer_vjp, options={"reads_chunk": _integer_index}),
+    "concat": Lowering(concat, concat_vjp, options={"reads_lists": True}),
     # Static shapes fold `shape`; lists and split chunks are read through by concat
     # and indexing: these never reach C code.
-    "split": (_folded, _folded),
+    "split": Lowering(_folded, _folded, options={"virtual": "chunks"}),
     "shape": (_folded, _folded),
-    "to_list": (_folded, _folded),
-    "to_tuple": (_folded, _folded),
+    "to_list": Lowering(_folded, _folded, options=_LIST),
+    "to_tuple": Lowering(_folded, _folded, options=_LIST),
 }
