@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from mithril_c.lowerings import elementwise, linalg, loss, nn, reduction, shape
+from mithril_c.lowerings._symbolic import from_rules
 from mithril_c.lowerings._types import CLowering
 
 
@@ -18,13 +19,16 @@ def _merge(*tables: dict[str, CLowering]) -> dict[str, CLowering]:
     return merged
 
 
-LOWERINGS = _merge(
-    elementwise.LOWERINGS,
-    reduction.LOWERINGS,
-    shape.LOWERINGS,
-    linalg.LOWERINGS,
-    nn.LOWERINGS,
-    loss.LOWERINGS,
+# VJPs marked FROM_RULES are generated from the primitives' grad_rules.
+LOWERINGS = from_rules(
+    _merge(
+        elementwise.LOWERINGS,
+        reduction.LOWERINGS,
+        shape.LOWERINGS,
+        linalg.LOWERINGS,
+        nn.LOWERINGS,
+        loss.LOWERINGS,
+    )
 )
 
 __all__ = ["LOWERINGS"]

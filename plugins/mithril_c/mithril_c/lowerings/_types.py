@@ -13,7 +13,9 @@ A lowering is a :class:`~mithril_core.primitives.lowering.Lowering` record (a
   output (a comparison) gets them converted to their common NumPy type instead.
   Third-party packages lower their element-wise primitives this way, e.g.
   ``{"example_ops.softsign": ("({0} / (1 + MC_FABS({0})))",
-  ("{g} / ((1 + MC_FABS({0})) * (1 + MC_FABS({0})))",))}``.
+  ("{g} / ((1 + MC_FABS({0})) * (1 + MC_FABS({0})))",))}``. A core primitive's VJP
+  may be ``FROM_RULES``: generated from its ``grad_rules``
+  (:mod:`mithril_c.lowerings._symbolic`).
 - other ops: ``forward(ctx, node)`` and ``vjp(ctx, node, needs)`` are Python
   functions that emit C statements through the code generator's
   :class:`mithril_c._emit.Emitter` (calls into the ``csrc/`` kernels), reading the
@@ -45,10 +47,9 @@ from typing import Any
 
 from mithril_core.primitives.lowering import Lowering
 
-ElementwiseLowering = (
-    tuple[str, tuple[str | None, ...]]
-    | tuple[str, tuple[str | None, ...], dict[str, Any]]
-)
+# The VJP: one template per input, or ``FROM_RULES`` (generated from grad_rules).
+_Vjps = tuple[str | None, ...] | str
+ElementwiseLowering = tuple[str, _Vjps] | tuple[str, _Vjps, dict[str, Any]]
 Emit = Callable[..., None]
 CLowering = ElementwiseLowering | tuple[Emit, Emit] | Lowering
 

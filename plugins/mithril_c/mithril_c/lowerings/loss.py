@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from mithril_c._emit import Emitter
+from mithril_c.lowerings._symbolic import FROM_RULES
 from mithril_c.lowerings._types import CLowering, dtypes
 from mithril_core.physical.flat import Node
 
@@ -100,14 +101,8 @@ def binary_cross_entropy_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 LOWERINGS: dict[str, CLowering] = {
     # Element-wise with broadcasting: fused into the neighbouring loops.
-    "squared_error": (
-        "(({0} - {1}) * ({0} - {1}))",
-        ("2 * {g} * ({0} - {1})", "-(2 * {g} * ({0} - {1}))"),
-    ),
-    "absolute_error": (
-        "MC_FABS({0} - {1})",
-        ("{g} * mc_sign({0} - {1})", "-({g} * mc_sign({0} - {1}))"),
-    ),
+    "squared_error": ("(({0} - {1}) * ({0} - {1}))", FROM_RULES),
+    "absolute_error": ("MC_FABS({0} - {1})", FROM_RULES),
     "cross_entropy": (cross_entropy, cross_entropy_vjp),
     "cross_entropy_soft": (cross_entropy_soft, cross_entropy_soft_vjp),
     "binary_cross_entropy": (binary_cross_entropy, binary_cross_entropy_vjp),

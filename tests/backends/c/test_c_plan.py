@@ -1,0 +1,145 @@
+"""The C generator's plan: workspace regions shared by lifetime, per-op facts read
+from the lowering records (the generic modules name no operator), and element-wise
+VJP templates generated from the primitives' grad_rules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mithril_c")
+
+import mithril_core as ml  # noqa: E402
+from mithril_core import models as mm  # noqa: E402
+from mithril_core.models import IOKey, Model  # noqa: E402
+
+RNG = np.random.default_rng(3)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: Any) -> Path:
+    path = tmp_path_factory.getbasetemp() / "mithril_c_cache"
+    monkeypatch.setenv("MITHRIL_C_CACHE", str(path))
+    return path
+
+
+def _workspace(pm: Any) -> int:
+    sizes = re.findall(r"ws \+ (\d+)", pm.code)
+    return max(map(int, sizes), default=0)
+
+
+def test_workspace_regions_are_reused_after_the_last_reader() -> None:
+    # Eight softmaxes in a row: each intermediate is dead once the next is computed,
+    # so two regions (input and output of the running softmax) suffice.
+    model = Model()
+    model += mm.Softmax(axis=-1)(input="input")
+    for _ in range(6):
+        model += mm.Softmax(axis=-1)
+    model += mm.Softmax(axis=-1)(output=IOKey("output"))
+    backend = ml.CBackend(dtype=ml.float64)
+    pm = ml.compile(
+        model, backend, shapes={"input": [64, 64]}, data_keys={"input"}, inference=True
+    )
+    assert _workspace(pm) <= 64 * 64  # the second region starts at most here
+    x = RNG.standard_normal((64, 64))
+    expected = x
+    for _ in range(8):
+        e = np.exp(expected - expected.max(axis=-1, keepdims=True))
+        expected = e / e.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(pm.evaluate({}, {"input": x})["output"], expected)
+
+
+def test_training_keeps_what_the_backward_reads() -> None:
+    model = Model()
+    model += mm.Softmax(axis=-1)(input="input")
+    for _ in range(4):
+        model += mm.Softmax(axis=-1)
+    model += mm.Softmax(axis=-1)(output=IOKey("output"))
+    pm = ml.compile(model, ml.CBackend(dtype=ml.float64), shapes={"input": [8, 5]})
+    x, seed = RNG.standard_normal((8, 5)), RNG.standard_normal((8, 5))
+    _, grads = pm.evaluate({"input": x}, output_gradients={"output": seed})
+    np_pm = ml.compile(
+        model, ml.NumpyBackend(dtype=ml.float64), shapes={"input": [8, 5]}
+    )
+    _, expected = np_pm.evaluate({"input": x}, output_gradients={"output": seed})
+    np.testing.assert_allclose(grads["input"], expected["input"], rtol=1e-10)
+
+
+def test_generic_modules_name_no_operator() -> None:
+    import mithril_c
+
+    from mithril_core.plugins import get_registry
+
+    ops = set(get_registry().lowerings("c"))
+    root = Path(mithril_c.__file__).parent
+    for name in ("_plan.py", "_emit.py", "_fuse.py", "_codegen.py"):
+        text = (root / name).read_text()
+        named = {s for s in re.findall(r"\"([a-z_0-9]+)\"", text) if s in ops}
+        assert not named, f"{name} names {sorted(named)}"
+
+
+# The hand-written templates the generated ones replaced.
+_BEFORE = {
+    "add": ("{g}", "{g}"),
+    "subtract": ("{g}", "(-{g})"),
+    "multiply": ("{g} * {1}", "{g} * {0}"),
+    "divide": ("{g} / {1}", "-{g} * {y} / {1}"),
+    "power": (
+        "{g} * mc_power_base_grad({0}, {1})",
+        "{g} * mc_power_exponent_grad({0}, {1}, {y})",
+    ),
+    "negate": ("(-{g})",),
+    "absolute": ("{g} * mc_sign({0})",),
+    "exponential": ("{g} * {y}",),
+    "log": ("{g} / {0}",),
+    "sqrt": ("(real)0.5 * {g} / {y}",),
+    "sine": ("{g} * MC_COS({0})",),
+    "cosine": ("-{g} * MC_SIN({0})",),
+    "sigmoid": ("{g} * {y} * (1 - {y})",),
+    "tanh": ("{g} * (1 - {y} * {y})",),
+    "leaky_relu": ("({0} > 0 ? {g} : {g} * {1})", None),
+    "squared_error": ("2 * {g} * ({0} - {1})", "-(2 * {g} * ({0} - {1}))"),
+    "absolute_error": ("{g} * mc_sign({0} - {1})", "-({g} * mc_sign({0} - {1}))"),
+}
+
+
+def _one_op(op: str) -> tuple[Model, dict[str, np.ndarray]]:
+    from mithril_core.primitives import CORE_PRIMITIVES
+
+    primitive = next(p for p in CORE_PRIMITIVES if p.op_name == op)
+    names = list(primitive.grad_rules)
+    model = Model()
+    model += primitive()(**{n: IOKey(n) for n in names}, output=IOKey("output"))
+    # Positive data: log, sqrt and power's base are defined there.
+    return model, {n: RNG.uniform(0.5, 2.0, (3, 4)) for n in names}
+
+
+@pytest.mark.parametrize("op", sorted(_BEFORE))
+def test_generated_vjp_matches_the_hand_written_one(op: str, monkeypatch: Any) -> None:
+    from mithril_c.lowerings._symbolic import vjp_templates
+
+    from mithril_core.plugins import get_registry
+    from mithril_core.primitives import CORE_PRIMITIVES
+    from mithril_core.primitives.lowering import Lowering
+
+    table = dict(get_registry().lowerings("c"))
+    generated = table[op]
+    model, data = _one_op(op)
+    primitive = next(p for p in CORE_PRIMITIVES if p.op_name == op)
+    assert generated.vjp == vjp_templates(primitive.grad_rules)  # generated
+    shapes = {k: list(v.shape) for k, v in data.items()}
+    seed = RNG.standard_normal((3, 4))
+    results = []
+    for entry in (
+        generated,
+        Lowering(generated.forward, _BEFORE[op], options=generated.options),
+    ):
+        monkeypatch.setitem(get_registry()._lowerings, "c", {**table, op: entry})
+        pm = ml.compile(model, ml.CBackend(dtype=ml.float64), shapes=shapes)
+        results.append(pm.evaluate(data, output_gradients={"output": seed})[1])
+    for key in data:
+        np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-12)
