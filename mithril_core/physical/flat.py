@@ -32,6 +32,7 @@ from mithril_core.physical.ir import (
     element_count,
     substitute,
 )
+from mithril_core.primitives.lowering import as_lowering
 
 FlatGraph = Graph  # the name plugins know the graph by
 
@@ -528,14 +529,9 @@ def check_lowerings(
 
 
 def forward_of(lowering: Any) -> Callable[..., Any]:
-    """The forward function of a lowering (a record with ``forward``, a
-    ``(forward, vjp)`` pair, or the function itself)."""
-    forward = getattr(lowering, "forward", None)
-    if forward is not None:
-        return forward
-    if isinstance(lowering, tuple):
-        return lowering[0]
-    return lowering
+    """The forward function of a lowering in any form the hook accepts."""
+    forward: Callable[..., Any] = as_lowering(lowering).forward
+    return forward
 
 
 _KINDS = {"f": ty.TENSOR_FLOAT, "i": ty.TENSOR_INT, "u": ty.TENSOR_INT}

@@ -6,7 +6,7 @@ consumer a :class:`Lowering`, whatever form a plugin's hook returned.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,25 +37,8 @@ class Lowering:
     named: bool = False
     options: Mapping[str, Any] | None = None
 
-    # The pre-record form was a ``(forward, vjp)`` tuple or a bare forward; these keep
-    # ``forward, vjp = entry``, ``entry[0]`` and ``entry(*inputs)`` working in code
-    # not yet reading the fields. TODO(#12): drop once physical/model.py (_fold) and
-    # mithril_c (_codegen, _specialize) read ``.forward`` / ``.vjp``.
-    def _legacy(self) -> tuple[Any, ...]:
-        if self.options:
-            return (self.forward, self.vjp, self.options)
-        return (self.forward, self.vjp)
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._legacy())
-
-    def __getitem__(self, index: int) -> Any:
-        return self._legacy()[index]
-
-    def __len__(self) -> int:
-        return len(self._legacy())
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the forward (``table[op](*inputs)`` in tests and scripts)."""
         return self.forward(*args, **kwargs)
 
 

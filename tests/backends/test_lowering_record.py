@@ -54,16 +54,6 @@ def test_as_lowering_accepts_the_legacy_hook_forms() -> None:
     assert forward_of((_double, _double_vjp)) is _double
 
 
-def test_record_still_reads_as_a_tuple_for_unconverted_consumers() -> None:
-    record = Lowering(_double, _double_vjp)
-    forward, vjp = record
-    assert (forward, vjp) == (_double, _double_vjp)
-    assert record[0] is _double and record[1] is _double_vjp and len(record) == 2
-    assert record(3) == 3
-    with_options = Lowering("t", None, options={"raw": (0,)})
-    assert len(with_options) == 3 and with_options[2] == {"raw": (0,)}
-
-
 def test_as_lowering_refuses_other_values() -> None:
     with pytest.raises(PluginError, match=r"numpy: 'x'.*got int"):
         as_lowering(3, where="numpy: 'x'")

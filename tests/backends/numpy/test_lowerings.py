@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def numeric_grads(f, xs, output_grad, eps=1e-6):
 
 
 def check(name, args, reference=None, rtol=1e-7, atol=1e-7, grad_atol=1e-6):
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     args = list(args)
     output = forward(*args)
     if reference is not None:
@@ -89,13 +90,18 @@ def test_unbroadcast_sums_broadcast_axes():
     assert unbroadcast(grad, (2, 3, 4)) is grad
 
 
+def _pair(name: str) -> tuple[Any, Any]:
+    lowering = LOWERINGS[name]
+    return lowering.forward, lowering.vjp
+
+
 def test_merged_table_has_every_primitive():
     # Compile removes these (a shape constraint, a training/inference choice).
     compile_time = {DimFromValue.op_name, ModeSwitch.op_name}
     assert set(LOWERINGS) == {cls.op_name for cls in CORE_PRIMITIVES} - compile_time
-    for name, (forward, vjp) in LOWERINGS.items():
+    for name, lowering in LOWERINGS.items():
         # Non-differentiable ops too have a VJP (it returns None gradients).
-        assert callable(forward) and callable(vjp), name
+        assert callable(lowering.forward) and callable(lowering.vjp), name
 
 
 # --- elementwise -----------------------------------------------------------
@@ -149,7 +155,7 @@ def test_minimum_maximum(name, left_shape, right_shape):
 def test_minimum_maximum_ties_split_gradient(name):
     left = np.array([1.0, 2.0, 3.0])
     right = np.array([1.0, 5.0, 0.0])
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     output = forward(left, right)
     g_left, g_right = vjp(np.ones(3), output, left, right)
     left_wins = [0.5, 0.0, 1.0] if name == "maximum" else [0.5, 1.0, 0.0]
@@ -158,7 +164,7 @@ def test_minimum_maximum_ties_split_gradient(name):
 
 
 def test_floor_divide():
-    forward, vjp = LOWERINGS["floor_divide"]
+    forward, vjp = _pair("floor_divide")
     left, right = rand(3, 1) * 10, rand(4, low=1.0, high=3.0)
     out = forward(left, right)
     np.testing.assert_array_equal(out, np.floor(left / right))
@@ -167,7 +173,7 @@ def test_floor_divide():
 
 
 def test_power_exponent_gradient_at_zero_base_is_zero():
-    forward, vjp = LOWERINGS["power"]
+    forward, vjp = _pair("power")
     base, exponent = np.array([0.0, 2.0]), np.array([2.0, 3.0])
     out = forward(base, exponent)
     grads = vjp(np.ones(2), out, base, exponent)
@@ -204,16 +210,16 @@ def test_unary(name, shape):
 
 def test_sigmoid_softplus_stable_for_large_inputs():
     x = np.array([-1000.0, -40.0, 0.0, 40.0, 1000.0])
-    sig = LOWERINGS["sigmoid"][0](x)
+    sig = LOWERINGS["sigmoid"].forward(x)
     np.testing.assert_allclose(
         sig, [0.0, math.exp(-40.0) / (1 + math.exp(-40.0)), 0.5, 1.0, 1.0], rtol=1e-14
     )
     np.testing.assert_allclose(
-        LOWERINGS["softplus"][0](x),
+        LOWERINGS["softplus"].forward(x),
         [0.0, math.log1p(math.exp(-40.0)), math.log(2.0), 40.0, 1000.0],
         rtol=1e-14,
     )
-    np.testing.assert_allclose(LOWERINGS["silu"][0](x), x * sig)
+    np.testing.assert_allclose(LOWERINGS["silu"].forward(x), x * sig)
 
 
 def test_leaky_relu():
@@ -254,7 +260,7 @@ COMPARISONS = ["greater", "greater_equal", "less", "less_equal", "equal", "not_e
 def test_comparisons(name):
     left = np.array([[1.0], [2.0], [3.0]])
     right = np.array([1.0, 2.0, 3.0, 4.0])
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     out = forward(left, right)
     assert out.dtype == np.bool_
     np.testing.assert_array_equal(out, getattr(np, name)(left, right))
@@ -266,7 +272,7 @@ def test_comparisons(name):
 def test_logical_binary(name):
     left = np.array([[True], [False]])
     right = np.array([True, False, True])
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     out = forward(left, right)
     assert out.dtype == np.bool_
     np.testing.assert_array_equal(out, getattr(np, name)(left, right))
@@ -274,7 +280,7 @@ def test_logical_binary(name):
 
 
 def test_logical_not():
-    forward, vjp = LOWERINGS["logical_not"]
+    forward, vjp = _pair("logical_not")
     x = np.array([True, False])
     np.testing.assert_array_equal(forward(x), [False, True])
     assert vjp(x, forward(x), x) == (None,)
@@ -287,7 +293,7 @@ def test_where_broadcasts_and_unbroadcasts():
 
 
 def test_cast():
-    forward, vjp = LOWERINGS["cast"]
+    forward, vjp = _pair("cast")
     x = rand(2, 3)
     out = forward(x, "float32")
     assert out.dtype == np.float32
@@ -305,7 +311,7 @@ def test_cast():
 
 
 def test_stop_gradient():
-    forward, vjp = LOWERINGS["stop_gradient"]
+    forward, vjp = _pair("stop_gradient")
     x = rand(3)
     np.testing.assert_array_equal(forward(x), x)
     assert vjp(np.ones(3), x, x) == (None,)
@@ -318,7 +324,7 @@ FLOAT32_UNARY = [*UNARY, "gelu", "leaky_relu"]
 
 @pytest.mark.parametrize("name", FLOAT32_UNARY)
 def test_unary_preserves_float32(name):
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     x = rand(3, 4, low=0.5, high=2.0).astype(np.float32)
     extra = {"gelu": [False], "leaky_relu": [0.1]}.get(name, [])
     out = forward(x, *extra)
@@ -332,7 +338,7 @@ def test_unary_preserves_float32(name):
 
 @pytest.mark.parametrize("name", [*BINARY, "minimum", "maximum"])
 def test_binary_preserves_float32(name):
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     x = rand(3, 4, low=0.5, high=2.0).astype(np.float32)
     y = rand(4, low=0.5, high=2.0).astype(np.float32)
     for left, right in [(x, y), (x, 2.0), (3.0, x), (x, 2)]:
@@ -346,7 +352,7 @@ def test_binary_preserves_float32(name):
     "name", ["sum", "mean", "max", "min", "variance", "softmax", "log_softmax"]
 )
 def test_reductions_preserve_float32(name):
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     x = rand(3, 4).astype(np.float32)
     extra = {"variance": [False, 1], "softmax": [], "log_softmax": []}.get(
         name, [False]
@@ -359,21 +365,21 @@ def test_reductions_preserve_float32(name):
 
 def test_where_and_matmul_preserve_float32():
     x = rand(3, 4).astype(np.float32)
-    out = LOWERINGS["where"][0](x > 0, x, 0.0)
+    out = LOWERINGS["where"].forward(x > 0, x, 0.0)
     assert out.dtype == np.float32
-    grads = LOWERINGS["where"][1](np.ones_like(out), out, x > 0, x, x)
+    grads = LOWERINGS["where"].vjp(np.ones_like(out), out, x > 0, x, x)
     assert grads[1].dtype == grads[2].dtype == np.float32
     w = rand(4, 2).astype(np.float32)
-    out = LOWERINGS["matrix_multiply"][0](x, w)
+    out = LOWERINGS["matrix_multiply"].forward(x, w)
     assert out.dtype == np.float32
     assert all(
         g.dtype == np.float32
-        for g in LOWERINGS["matrix_multiply"][1](np.ones_like(out), out, x, w)
+        for g in LOWERINGS["matrix_multiply"].vjp(np.ones_like(out), out, x, w)
     )
 
 
 def test_int_tensors_get_no_gradient():
-    forward, vjp = LOWERINGS["add"]
+    forward, vjp = _pair("add")
     left, right = np.arange(3), rand(3)
     out = forward(left, right)
     assert vjp(np.ones(3), out, left, right)[0] is None
@@ -399,7 +405,7 @@ def test_reductions(name, axis, keepdim):
 @pytest.mark.parametrize("keepdim", [False, True])
 def test_max_min_ties_split_gradient(name, keepdim):
     x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]]) * (1 if name == "max" else -1)
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     out = forward(x, -1, keepdim)
     grad = vjp(np.ones(out.shape), out, x, -1, keepdim)[0]
     np.testing.assert_allclose(grad, [[0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]])
@@ -425,7 +431,7 @@ def test_variance(axis, keepdim, correction):
 @pytest.mark.parametrize("axis", [None, 0, -1])
 @pytest.mark.parametrize("keepdim", [False, True])
 def test_arg_reductions(name, axis, keepdim):
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     x = rand(3, 4)
     out = forward(x, axis, keepdim)
     reference = np.argmax if name == "arg_max" else np.argmin
@@ -461,12 +467,12 @@ def test_flatten(start, end, shape):
     output, _ = check("flatten", [rand(2, 3, 4), start, end])
     assert output.shape == shape
     np.testing.assert_array_equal(output.ravel(), rand(2, 3, 4).ravel())
-    assert LOWERINGS["flatten"][0](np.array(5.0), 0, -1).shape == (1,)
+    assert LOWERINGS["flatten"].forward(np.array(5.0), 0, -1).shape == (1,)
 
 
 @pytest.mark.parametrize("axis", [0, 1, -1, None], ids=str)
 def test_concat(axis):
-    forward, vjp = LOWERINGS["concat"]
+    forward, vjp = _pair("concat")
     parts = [rand(2, 3), rand(2, 3, seed=1), rand(2, 3, seed=2)]
     out = forward(parts, axis)
     np.testing.assert_array_equal(out, np.concatenate(parts, axis=axis))
@@ -482,7 +488,7 @@ def test_concat(axis):
 
 
 def test_concat_int_element_gets_none():
-    forward, vjp = LOWERINGS["concat"]
+    forward, vjp = _pair("concat")
     parts = [rand(2), np.arange(3)]
     out = forward(parts, 0)
     grads, _ = vjp(np.ones(5), out, parts, 0)
@@ -492,7 +498,7 @@ def test_concat_int_element_gets_none():
 
 @pytest.mark.parametrize("axis", [0, -1])
 def test_split(axis):
-    forward, vjp = LOWERINGS["split"]
+    forward, vjp = _pair("split")
     x = rand(5, 7)
     chunks = forward(x, 2, axis)
     assert isinstance(chunks, list)
@@ -540,7 +546,7 @@ def test_indexer_advanced_accumulates_duplicates():
 
 
 def test_indexer_sequence():
-    forward, vjp = LOWERINGS["indexer"]
+    forward, vjp = _pair("indexer")
     items = [rand(2), rand(3), rand(4)]
     assert forward(items, 1) is items[1]
     grads, none = vjp(np.ones(3), items[1], items, 1)
@@ -554,7 +560,7 @@ def test_indexer_sequence():
 
 
 def test_shape():
-    forward, vjp = LOWERINGS["shape"]
+    forward, vjp = _pair("shape")
     out = forward(rand(2, 3))
     assert out == (2, 3) and all(type(n) is int for n in out)
     assert vjp(None, out, rand(2, 3)) == (None,)
@@ -562,7 +568,7 @@ def test_shape():
 
 @pytest.mark.parametrize(("name", "kind"), [("to_list", list), ("to_tuple", tuple)])
 def test_to_list_to_tuple(name, kind):
-    forward, vjp = LOWERINGS[name]
+    forward, vjp = _pair(name)
     a, b = rand(2), rand(3)
     out = forward(a, b, 3)
     assert type(out) is kind and out[0] is a and out[1] is b and out[2] == 3
@@ -578,7 +584,7 @@ def test_to_list_to_tuple(name, kind):
 
 
 def test_buffer():
-    forward, vjp = LOWERINGS["buffer"]
+    forward, vjp = _pair("buffer")
     x = rand(3)
     assert forward(x) is x
     assert vjp(x, x, x)[0] is x
@@ -634,7 +640,7 @@ def test_matrix_multiply(left, right):
 
 
 def test_matrix_multiply_needs_skips_gradients():
-    forward, vjp = LOWERINGS["matrix_multiply"]
+    forward, vjp = _pair("matrix_multiply")
     left, right = rand(2, 3, 4), rand(4, 5)
     out = forward(left, right)
     g_left, g_right = vjp(np.ones(out.shape), out, left, right, needs=[False, True])
@@ -663,8 +669,8 @@ def test_log_softmax(axis):
 
 def test_softmax_stable_for_large_inputs():
     x = np.array([[1000.0, 1000.0, -1000.0]])
-    np.testing.assert_allclose(LOWERINGS["softmax"][0](x, -1), [[0.5, 0.5, 0.0]])
+    np.testing.assert_allclose(LOWERINGS["softmax"].forward(x, -1), [[0.5, 0.5, 0.0]])
     np.testing.assert_allclose(
-        LOWERINGS["log_softmax"][0](x, -1),
+        LOWERINGS["log_softmax"].forward(x, -1),
         [[-math.log(2), -math.log(2), -2000 - math.log(2)]],
     )
