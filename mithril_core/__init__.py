@@ -71,6 +71,7 @@ def backend(name: str, **options: Any) -> Backend:
 def compile(model: Any, backend: Backend, **options: Any) -> PhysicalModel:  # noqa: A001
     """Compile a logical model for ``backend``; see
     :func:`mithril_core.physical.model.compile`."""
+    import mithril_core.codegen.python  # noqa: F401 - registers the Python codegen
     from mithril_core.physical.model import compile as _compile
 
     return _compile(model, backend, **options)

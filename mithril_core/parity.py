@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+import mithril_core.codegen.python  # noqa: F401 - registers the Python codegen
 from mithril_core.backends.base import Backend
 from mithril_core.dtypes import float64
 from mithril_core.errors import CompileError, InputKeyError

@@ -7,20 +7,25 @@ materialises needed gradients, assigns the first contribution and adds further o
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import keyword
 import math
+import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from mithril_core.backends.base import Backend, Program
 from mithril_core.errors import CompileError
 from mithril_core.logical import types as ty
 from mithril_core.logical.naming import ascii_identifier_chars
 from mithril_core.physical.flat import FlatGraph, Node, Value
 from mithril_core.physical.gradients import backward_plan
+from mithril_core.physical.model import register_program_builder
 from mithril_core.primitives.lowering import as_lowering
 
 
@@ -308,3 +313,128 @@ def _literal(value: Any) -> str | None:
     if isinstance(value, np.generic):
         return _literal(value.item())
     return None
+
+
+# -- the program of backends without their own code generator ---------------------
+def python_program(
+    graph: FlatGraph,
+    lowerings: Mapping[str, Any],
+    backend: Backend,
+    grad_keys: tuple[str, ...],
+    differentiable_outputs: tuple[str, ...],
+    inference: bool,
+    file_path: str | None,
+) -> Program:
+    input_keys = tuple(graph.inputs)
+    codegen = PythonCodegen(
+        graph,
+        lowerings,
+        with_vjp=not backend.has_autograd,
+        convert_constant=lambda value: to_backend(value, backend),
+    )
+    source = codegen.forward_source()
+    with_gradients = not backend.has_autograd and not inference
+    backward = ""
+    if with_gradients:
+        backward = codegen.backward_source(
+            grad_keys, differentiable_outputs, "forward_backward"
+        )
+    full_source = source + "\n\n" + backward if backward else source
+    filename = _write_source(full_source, file_path)
+    namespace = codegen.namespace
+    exec(compile_source(source, filename, "exec"), namespace)  # noqa: S102 - our code
+    forward_backward = None
+    if with_gradients:
+        # Compiled at the first call that asks for gradients (half the code, and
+        # most of the time Python's compiler takes); padded so that its line numbers
+        # are those of the file written.
+        padded = "\n" * (source.count("\n") + 2) + backward
+        forward_backward = _BackwardCache(
+            codegen, grad_keys, filename, namespace, differentiable_outputs, padded
+        )
+    return Program(
+        forward=namespace["forward"],
+        forward_backward=forward_backward,
+        input_keys=input_keys,
+        output_keys=tuple(graph.outputs),
+        grad_keys=grad_keys,
+        differentiable_outputs=differentiable_outputs,
+        source=full_source,
+    )
+
+
+compile_source = builtins.compile
+
+
+class _BackwardCache:
+    """Compiles (once per set of seeded outputs, at its first call) the
+    forward+backward function."""
+
+    def __init__(
+        self,
+        codegen: PythonCodegen,
+        grad_keys: tuple[str, ...],
+        filename: str,
+        namespace: dict[str, Any],
+        differentiable_outputs: tuple[str, ...],
+        source: str,
+    ) -> None:
+        self.codegen = codegen
+        self.grad_keys = grad_keys
+        self.filename = filename
+        self.namespace = namespace
+        self.functions: dict[frozenset[str], Any] = {}
+        self.sources = {frozenset(differentiable_outputs): (source, filename)}
+        self.lock = threading.Lock()
+
+    def __call__(
+        self, inputs: Mapping[str, Any], output_gradients: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        key = frozenset(output_gradients)
+        function = self.functions.get(key)
+        if function is None:
+            with self.lock:
+                function = self.functions.get(key)
+                if function is None:
+                    function = self.functions[key] = self._compile(key)
+        return function(inputs, output_gradients)
+
+    def _compile(self, key: frozenset[str]) -> Any:
+        known = self.sources.get(key)
+        if known is None:
+            seeded = tuple(k for k in self.codegen.graph.outputs if k in key)
+            source = self.codegen.backward_source(
+                self.grad_keys, seeded, "forward_backward"
+            )
+            known = (source, self.filename + f":{sorted(key)}")
+        scope: dict[str, Any] = {}
+        code = compile_source(known[0], known[1], "exec")
+        exec(code, self.namespace, scope)  # noqa: S102 - our code
+        return scope["forward_backward"]
+
+
+def _write_source(source: str, file_path: str | None) -> str:
+    if file_path is None:
+        return f"<mithril generated {abs(hash(source)):x}>"
+    directory = os.path.dirname(os.path.abspath(file_path))
+    os.makedirs(directory, exist_ok=True)
+    with open(file_path, "w", encoding="utf-8") as handle:
+        handle.write(source)
+    return os.path.abspath(file_path)
+
+
+def to_backend(value: Any, backend: Backend) -> Any:
+    if isinstance(value, np.ndarray):
+        return backend.array(value, dtype=_dtype_for(value, backend))
+    return value
+
+
+def _dtype_for(value: np.ndarray, backend: Backend) -> str:
+    if value.dtype.kind == "f":
+        return backend.dtype.name
+    if value.dtype.kind == "b":
+        return "bool"
+    return "int64" if "int64" in backend.supported_dtypes else "int32"
+
+
+register_program_builder(python_program)

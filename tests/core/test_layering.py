@@ -45,13 +45,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 # (importer, imported) edges that break the order on purpose, each with its reason.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("mithril_core.physical.model", "mithril_core.codegen.python"): (
-        "compile() generates the Python program (PythonCodegen) unless the backend "
-        "generates its own (the C backend); moving that default behind the Backend "
-        "interface is left to #12 items 1 and 6."
-    ),
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def layer_of(module: str) -> int:
