@@ -34,6 +34,12 @@ static void mc_gemm_serial(int trans_a, int trans_b, long m, long n, long k,
                           (double)beta, (double *)c, (blasint)ldc);
 }
 
+void mc_gemm_one(int trans_a, int trans_b, long m, long n, long k, const real *a,
+                 long lda, const real *b, long ldb, real beta, real *c, long ldc) {
+    if (m == 0 || n == 0) return;
+    mc_gemm_serial(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
 void mc_gemm(int trans_a, int trans_b, long m, long n, long k, const real *a,
              long lda, const real *b, long ldb, real beta, real *c, long ldc) {
     if (m == 0 || n == 0) return;

@@ -220,6 +220,9 @@ void mc_copy(real *out, const real *in, long n, int accumulate);
 /* C[M,N] = alpha * op(A) op(B) + beta * C, row-major; op transposes when trans_*. */
 void mc_gemm(int trans_a, int trans_b, long m, long n, long k, const real *a,
              long lda, const real *b, long ldb, real beta, real *c, long ldc);
+/* The same on the calling thread only (k > 0): one OpenBLAS call, never split. */
+void mc_gemm_one(int trans_a, int trans_b, long m, long n, long k, const real *a,
+                 long lda, const real *b, long ldb, real beta, real *c, long ldc);
 
 /* -- nn.c -------------------------------------------------------------------------- */
 /* Along an axis of length n; outer and inner are the products of the dims before and
@@ -259,6 +262,14 @@ void mc_scatter_bytes(void *out, const void *in, int size, int ndim, const long 
 void mc_conv2d(real *y, const real *x, const real *w, const long *d, real *col);
 void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x, const real *w,
                    const long *d, real *col, int accumulate_x, int accumulate_w);
+/* Winograd F(4x4, 3x3) convolution (3x3 kernel, stride 1, dilation 1, one group):
+ * ``d`` holds n, c, h, w, f, oh, ow, pad_top, pad_left, tiles_h, tiles_w, block_rows
+ * (tiles_* = ceil(o* / 4); a block is block_rows rows of tiles_w output tiles, rows
+ * counted over the whole batch). ``u`` is scratch of 36 * f * c (the transformed
+ * weights), ``scratch`` of 36 * (c + f) * block_rows * tiles_w. The result does not
+ * depend on the thread count. */
+void mc_conv2d_winograd(real *y, const real *x, const real *w, const long *d, real *u,
+                        real *scratch);
 /* Pooling over [n * c] planes; ``d`` holds planes, h, w, oh, ow, kh, kw, stride_h,
  * stride_w, pad_h, pad_w, dilation_h, dilation_w. Max pooling's gradient goes to the
  * first maximum of each window; average pooling counts padding (count_include_pad). */

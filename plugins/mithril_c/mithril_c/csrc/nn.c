@@ -199,6 +199,193 @@ MC_DISPATCH void mc_conv2d(real *y, const real *x, const real *w, const long *d,
     }
 }
 
+/* -- convolution: Winograd F(4x4, 3x3) ---------------------------------------------- */
+/* Y = A^T [(G g G^T) . (B^T d B)] A per 6x6 input tile d and 4x4 output tile, with the
+ * interpolation points 0, 1, -1, 2, -2 and infinity. The 36 element-wise products of
+ * a block of tiles are 36 matrix products [f, c] x [c, tiles]. The transforms run over
+ * a row of tiles at once (vectorised across the tiles). */
+
+#define MC_WINO_CHUNK 64 /* tiles per pass of the transforms */
+
+/* G g G^T of the 3x3 kernels (fo, 0..c): u[xi * f * c + fo * c + ci]. Channels go in
+ * chunks, vectorised across them. */
+static inline __attribute__((always_inline)) void
+mc_wino_weights(real *u, const real *w, long f, long c, long fo) {
+    const real q = (real)0.25, s6 = (real)1 / 6, s12 = (real)1 / 12, s24 = (real)1 / 24;
+    long fc = f * c;
+    real g[9][MC_WINO_CHUNK], t[6][3][MC_WINO_CHUNK];
+    for (long c0 = 0; c0 < c; c0 += MC_WINO_CHUNK) {
+        long nc = c - c0 < MC_WINO_CHUNK ? c - c0 : MC_WINO_CHUNK;
+        const real *src = w + (fo * c + c0) * 9;
+        for (long i = 0; i < nc; ++i)
+            for (int k = 0; k < 9; ++k) g[k][i] = src[i * 9 + k];
+        for (int j = 0; j < 3; ++j) {
+            for (long i = 0; i < nc; ++i) {
+                real g0 = g[j][i], g1 = g[3 + j][i], g2 = g[6 + j][i];
+                t[0][j][i] = g0 * q;
+                t[1][j][i] = -(g0 + g1 + g2) * s6;
+                t[2][j][i] = -(g0 - g1 + g2) * s6;
+                t[3][j][i] = g0 * s24 + g1 * s12 + g2 * s6;
+                t[4][j][i] = g0 * s24 - g1 * s12 + g2 * s6;
+                t[5][j][i] = g2;
+            }
+        }
+        for (int r = 0; r < 6; ++r) {
+            real *o = u + r * 6 * fc + fo * c + c0;
+            const real *t0 = t[r][0], *t1 = t[r][1], *t2 = t[r][2];
+            for (long i = 0; i < nc; ++i) o[i] = t0[i] * q;
+            for (long i = 0; i < nc; ++i) o[fc + i] = -(t0[i] + t1[i] + t2[i]) * s6;
+            for (long i = 0; i < nc; ++i) o[2 * fc + i] = -(t0[i] - t1[i] + t2[i]) * s6;
+            for (long i = 0; i < nc; ++i)
+                o[3 * fc + i] = t0[i] * s24 + t1[i] * s12 + t2[i] * s6;
+            for (long i = 0; i < nc; ++i)
+                o[4 * fc + i] = t0[i] * s24 - t1[i] * s12 + t2[i] * s6;
+            for (long i = 0; i < nc; ++i) o[5 * fc + i] = t2[i];
+        }
+    }
+}
+
+/* B^T d of six values (a column or row of a tile). */
+#define MC_WINO_BT(d0, d1, d2, d3, d4, d5, r0, r1, r2, r3, r4, r5)                  \
+    do {                                                                         \
+        real a_ = (d4) - 4 * (d2), b_ = (d3) - 4 * (d1);                         \
+        real c_ = (d4) - (d2), e_ = 2 * ((d3) - (d1));                           \
+        r0 = 4 * (d0) - 5 * (d2) + (d4);                                         \
+        r1 = a_ + b_;                                                            \
+        r2 = a_ - b_;                                                            \
+        r3 = c_ + e_;                                                            \
+        r4 = c_ - e_;                                                            \
+        r5 = 4 * (d1) - 5 * (d3) + (d5);                                         \
+    } while (0)
+
+/* The input tiles of one row of tiles of one channel plane: rows y0..y0+5, tile tx
+ * starting at column x0 + 4 tx (zero outside the plane). v[xi * vs + tx]. */
+static inline __attribute__((always_inline)) void
+mc_wino_input(real *v, long vs, const real *plane, long h, long w, long y0, long x0,
+              long tiles) {
+    real in[6][4 * MC_WINO_CHUNK + 2];
+    real rt[6][4 * MC_WINO_CHUNK + 2];
+    for (long t0 = 0; t0 < tiles; t0 += MC_WINO_CHUNK) {
+        long nt = tiles - t0 < MC_WINO_CHUNK ? tiles - t0 : MC_WINO_CHUNK;
+        long width = 4 * nt + 2, xs = x0 + 4 * t0;
+        for (int i = 0; i < 6; ++i) {
+            long yy = y0 + i;
+            real *row = in[i];
+            if (yy < 0 || yy >= h) {
+                for (long j = 0; j < width; ++j) row[j] = 0;
+                continue;
+            }
+            const real *src = plane + yy * w;
+            if (xs >= 0 && xs + width <= w) {
+                memcpy(row, src + xs, (size_t)width * sizeof(real));
+            } else {
+                for (long j = 0; j < width; ++j) {
+                    long xx = xs + j;
+                    row[j] = (xx >= 0 && xx < w) ? src[xx] : 0;
+                }
+            }
+        }
+        for (long j = 0; j < width; ++j)
+            MC_WINO_BT(in[0][j], in[1][j], in[2][j], in[3][j], in[4][j], in[5][j],
+                       rt[0][j], rt[1][j], rt[2][j], rt[3][j], rt[4][j], rt[5][j]);
+        for (int k = 0; k < 6; ++k) {
+            const real *r = rt[k];
+            real *o = v + k * 6 * vs + t0;
+            for (long tx = 0; tx < nt; ++tx) {
+                const real *e = r + 4 * tx;
+                real o0, o1, o2, o3, o4, o5;
+                MC_WINO_BT(e[0], e[1], e[2], e[3], e[4], e[5], o0, o1, o2, o3, o4, o5);
+                o[tx] = o0;
+                o[vs + tx] = o1;
+                o[2 * vs + tx] = o2;
+                o[3 * vs + tx] = o3;
+                o[4 * vs + tx] = o4;
+                o[5 * vs + tx] = o5;
+            }
+        }
+    }
+}
+
+/* A^T m of six values. */
+#define MC_WINO_AT(m0, m1, m2, m3, m4, m5, o0, o1, o2, o3)                          \
+    do {                                                                         \
+        real a_ = (m1) + (m2), b_ = (m1) - (m2), c_ = (m3) + (m4), e_ = (m3) - (m4); \
+        o0 = (m0) + a_ + c_;                                                     \
+        o1 = b_ + 2 * e_;                                                        \
+        o2 = a_ + 4 * c_;                                                        \
+        o3 = b_ + 8 * e_ + (m5);                                                 \
+    } while (0)
+
+/* The output tiles of one row of tiles of one output plane from m[xi * ms + tx]:
+ * rows y0..y0+3 (those below oh), tile tx at columns 4 tx (those below ow). */
+static inline __attribute__((always_inline)) void
+mc_wino_output(real *plane, long oh, long ow, long y0, const real *m, long ms,
+               long tiles) {
+    real s[4][6][MC_WINO_CHUNK];
+    real out[4][4 * MC_WINO_CHUNK];
+    long rows = oh - y0 < 4 ? oh - y0 : 4;
+    for (long t0 = 0; t0 < tiles; t0 += MC_WINO_CHUNK) {
+        long nt = tiles - t0 < MC_WINO_CHUNK ? tiles - t0 : MC_WINO_CHUNK;
+        for (int j = 0; j < 6; ++j) {
+            const real *p = m + j * ms + t0;
+            for (long tx = 0; tx < nt; ++tx)
+                MC_WINO_AT(p[tx], p[6 * ms + tx], p[12 * ms + tx], p[18 * ms + tx],
+                           p[24 * ms + tx], p[30 * ms + tx], s[0][j][tx], s[1][j][tx],
+                           s[2][j][tx], s[3][j][tx]);
+        }
+        for (int l = 0; l < 4; ++l) {
+            real *o = out[l];
+            for (long tx = 0; tx < nt; ++tx)
+                MC_WINO_AT(s[l][0][tx], s[l][1][tx], s[l][2][tx], s[l][3][tx],
+                           s[l][4][tx], s[l][5][tx], o[4 * tx], o[4 * tx + 1],
+                           o[4 * tx + 2], o[4 * tx + 3]);
+        }
+        long x0 = 4 * t0, cols = ow - x0 < 4 * nt ? ow - x0 : 4 * nt;
+        for (long l = 0; l < rows; ++l)
+            memcpy(plane + (y0 + l) * ow + x0, out[l], (size_t)cols * sizeof(real));
+    }
+}
+
+MC_DISPATCH void mc_conv2d_winograd(real *y, const real *x, const real *w, const long *d,
+                                    real *u, real *scratch) {
+    long n = d[0], c = d[1], h = d[2], wd = d[3], f = d[4], oh = d[5], ow = d[6];
+    long ph = d[7], pw = d[8], th = d[9], tw = d[10], br = d[11];
+    long tb = br * tw, rows = n * th;
+    real *v = scratch, *m = scratch + 36 * c * tb;
+    /* One team for the whole call: weights split by filter, input tiles by channel,
+     * the 36 products by position, output tiles by filter; each value is computed
+     * the same way on any thread, so the result does not depend on the team. */
+    int t = mc_team(n * f * c * oh * ow);
+#pragma omp parallel if (t > 1) num_threads(t)
+    {
+#pragma omp for schedule(static)
+        for (long fo = 0; fo < f; ++fo) mc_wino_weights(u, w, f, c, fo);
+        for (long r0 = 0; r0 < rows; r0 += br) {
+            long nr = rows - r0 < br ? rows - r0 : br, nt = nr * tw;
+#pragma omp for schedule(static) collapse(2)
+            for (long ci = 0; ci < c; ++ci) {
+                for (long r = 0; r < nr; ++r) {
+                    long b = (r0 + r) / th, ty = (r0 + r) % th;
+                    mc_wino_input(v + ci * tb + r * tw, c * tb, x + (b * c + ci) * h * wd,
+                                  h, wd, 4 * ty - ph, -pw, tw);
+                }
+            }
+#pragma omp for schedule(static)
+            for (int xi = 0; xi < 36; ++xi)
+                mc_gemm_one(0, 0, f, nt, c, u + xi * f * c, c, v + xi * c * tb, tb, 0,
+                            m + xi * f * tb, tb);
+#pragma omp for schedule(static) collapse(2)
+            for (long fo = 0; fo < f; ++fo) {
+                for (long r = 0; r < nr; ++r) {
+                    long b = (r0 + r) / th, ty = (r0 + r) % th;
+                    mc_wino_output(y + (b * f + fo) * oh * ow, oh, ow, 4 * ty,
+                                   m + fo * tb + r * tw, f * tb, tw);
+                }
+            }
+        }
+    }
+}
+
 /* The input gradient of one image: columns of w^T g, added back into the image. */
 static void mc_conv_image_vjp_x(real *gx, const real *g, const real *w, const long *d,
                                 real *col, long b, int accumulate_x) {

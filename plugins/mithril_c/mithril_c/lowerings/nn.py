@@ -76,7 +76,52 @@ def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
     return ctx.longs(dims), (c // groups) * kh * kw * oh * ow * copies
 
 
+# Winograd F(4x4, 3x3): a block of tiles (whole rows of tiles) has about this many
+# transformed-domain elements (inputs and products), and at least _WINOGRAD_TILES
+# tiles, so that each of its 36 matrix products is wide enough for the gemm kernels.
+_WINOGRAD_BLOCK = 1 << 21
+_WINOGRAD_TILES = 64
+# The fewest output tiles (4 x 4, over the batch) for which Winograd beats im2col +
+# gemm: below, transforming the weights (36 f c values per call) costs more than the
+# products save (measured on ResNet-18 shapes, 1 and 2 threads).
+_WINOGRAD_MIN_TILES = 32
+
+
+def _winograd(ctx: Emitter, node: Node) -> tuple[str, int, int] | None:
+    """The dims of mc_conv2d_winograd and the sizes of its two scratch regions, or
+    None when the convolution is not a 3x3, stride-1 one that pays."""
+    x, w = node.input("input"), node.input("weight")
+    stride, padding, dilation, groups = (
+        node.input(k).constant for k in ("stride", "padding", "dilation", "groups")
+    )
+    xs, ws, ys = ctx.shape(x), ctx.shape(w), ctx.shape(node.output)
+    if len(xs) != 4 or tuple(ws[2:]) != (3, 3) or groups != 1:
+        return None
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1):
+        return None
+    pads = conv_padding(padding, ws[2:], dilation)
+    n, c, h, width = xs
+    f = ws[0]
+    oh, ow = ys[2:]
+    th, tw = -(-oh // 4), -(-ow // 4)
+    if min(n, c, f, oh, ow) <= 0 or n * th * tw < _WINOGRAD_MIN_TILES:
+        return None
+    rows = n * th
+    tiles = max(_WINOGRAD_TILES, _WINOGRAD_BLOCK // (36 * (c + f)))
+    block = max(1, min(rows, tiles // tw))
+    dims = (n, c, h, width, f, oh, ow, pads[0][0], pads[1][0], th, tw, block)
+    return ctx.longs(dims), 36 * f * c, 36 * (c + f) * block * tw
+
+
 def conv(ctx: Emitter, node: Node) -> None:
+    winograd = _winograd(ctx, node)
+    if winograd is not None:
+        dims, weights, blocks = winograd
+        x, w = ctx.ptr(node.input("input")), ctx.ptr(node.input("weight"))
+        u = ctx.temp(node, "wino_u", weights)
+        v = ctx.temp(node, "wino_v", blocks)
+        ctx.line(f"mc_conv2d_winograd({ctx.out(node)}, {x}, {w}, {dims}, {u}, {v});")
+        return
     dims, columns = _conv(ctx, node)
     x, w = ctx.ptr(node.input("input")), ctx.ptr(node.input("weight"))
     col = ctx.temp(node, "col", columns)
