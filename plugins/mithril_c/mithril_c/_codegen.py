@@ -94,6 +94,7 @@ def generate(
         )
         reads = _backward_reads(em, plan)
         em.memory.timeline = 1
+        em.for_gradients = True
         functions.append(_forward(em, runs, outputs, reads, "mc_forward_train"))
         functions.append(_backward(em, plan, seeds))
         names += ["mc_forward_train", "mc_backward"]

@@ -85,6 +85,9 @@ class Emitter(Analysis):
         self.errors: list[str] = []
         self.stateful = False
         self.threads = 1
+        # True while emitting the training forward (whose values gradients follow):
+        # lowerings then prefer their most accurate form (no Winograd convolution).
+        self.for_gradients = False
         for slot, value in enumerate(graph.inputs.values()):
             self.loc[id(value)] = Loc("io", slot)
 
