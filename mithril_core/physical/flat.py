@@ -167,14 +167,6 @@ def _node(
         for n, v in zip(input_names, operands, strict=True)
         if v.is_constant
     }
-    rule_names = {getattr(rule, "__name__", "") for rule in primitive.rules}
-    facts: set[str] = set()
-    if "promote_types" in rule_names:
-        facts.add(PROMOTES)
-    if rule_names & {"promote_types", "kind_type_rule"}:
-        facts.add(COMPUTES_FLOAT)
-    if not primitive.deterministic:
-        facts.add(IMPURE)
     if output.is_constant:
         flops: int | None = 0  # compile folds it
     else:
@@ -192,10 +184,31 @@ def _node(
             {k: v for k, v in primitive.init_args.items() if k != "name"}
         ),
         differentiable=primitive.differentiable,
-        facts=frozenset(facts),
+        facts=_facts(type(primitive)),
         flops=flops,
         forwards=primitive.forwarded_input(constants),
     )
+
+
+_FACTS: dict[type, frozenset[str]] = {}
+
+
+def _facts(cls: type[Primitive]) -> frozenset[str]:
+    """What a primitive class's declaration says about its calls (read once per
+    class)."""
+    known = _FACTS.get(cls)
+    if known is not None:
+        return known
+    rule_names = {getattr(rule, "__name__", "") for rule in cls.rules}
+    facts: set[str] = set()
+    if "promote_types" in rule_names:
+        facts.add(PROMOTES)
+    if rule_names & {"promote_types", "kind_type_rule"}:
+        facts.add(COMPUTES_FLOAT)
+    if not cls.deterministic:
+        facts.add(IMPURE)
+    known = _FACTS[cls] = frozenset(facts)
+    return known
 
 
 def topological_order(graph: Graph) -> Graph:

@@ -22,6 +22,7 @@ import numpy as np
 
 from mithril_c._build import CFLAGS, CSRC, KERNELS, LDFLAGS, _openblas
 from mithril_c._codegen import Loc, Plan, c_string, comment_text, generate, unresolved
+from mithril_c._plan import ALIGN_BYTES, C_TYPES
 from mithril_core.errors import CompileError, DtypeError, InputKeyError, ShapeError
 from mithril_core.physical.flat import FlatGraph
 
@@ -42,17 +43,6 @@ DTYPE_CODES = {
     "uint8": 6,
     "bool": 7,
 }
-_C_ELEMENT = {
-    "float32": "float",
-    "float64": "double",
-    "int8": "int8_t",
-    "int16": "int16_t",
-    "int32": "int32_t",
-    "int64": "int64_t",
-    "uint8": "uint8_t",
-    "bool": "unsigned char (0 or 1)",
-}
-_ALIGN = 64
 
 
 @dataclass(frozen=True)
@@ -392,7 +382,7 @@ def _write_weights(path: Path, entries: list[_Entry]) -> None:
 
 
 def _aligned(offset: int) -> int:
-    return -(-offset // _ALIGN) * _ALIGN
+    return -(-offset // ALIGN_BYTES) * ALIGN_BYTES
 
 
 def _c_dims(shape: tuple[int, ...]) -> str:
@@ -414,7 +404,7 @@ def _header(layout: _Layout, result: CExport) -> str:
     )
     first_input = layout.inputs[0].name if layout.inputs else "input"
     first_output = layout.outputs[0].name if layout.outputs else "output"
-    element = _C_ELEMENT[layout.real]
+    element = C_TYPES[layout.real]
     return f"""\
 /* model.h: one mithril model as standalone C, written by pm.export_c (mithril_c).
  *
