@@ -30,6 +30,7 @@ from mithril_c._fuse import (
     emit_elementwise_vjp,
     emit_group,
     groups,
+    hoist_small,
     loop_nest,
 )
 from mithril_c._plan import (
@@ -74,6 +75,7 @@ def generate(
 ) -> Plan:
     """C source and runtime plan for ``graph``; ``threads``: the most threads a call
     will use (kernels that give each thread its own scratch get that many copies)."""
+    graph = hoist_small(graph)
     em = Emitter(graph, lowerings, real)
     em.threads = threads
     outputs = {id(v) for v in graph.outputs.values()}

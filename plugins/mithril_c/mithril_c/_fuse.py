@@ -17,7 +17,8 @@ import numpy as np
 
 from mithril_c._emit import comment_text
 from mithril_c._plan import is_scalar, is_tensor_value, shape_of
-from mithril_core.physical.flat import Node, Value
+from mithril_core.physical.flat import FlatGraph, Node, Value
+from mithril_core.physical.ir import IMPURE
 
 if TYPE_CHECKING:
     from mithril_c._emit import Emitter
@@ -141,6 +142,39 @@ def _team(
 def fields(template: str) -> set[str]:
     """The ``{...}`` fields of a template."""
     return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+
+
+# Computations on inputs alone with at most this many elements are scheduled first.
+SMALL = 4096
+
+
+def _numel(value: Value) -> int:
+    return math.prod(shape_of(value)) if is_tensor_value(value) else 1
+
+
+def hoist_small(graph: FlatGraph) -> FlatGraph:
+    """``graph`` with the small computations on inputs alone (at most :data:`SMALL`
+    elements each, and a sixteenth of the largest value: a batch norm's
+    ``sqrt(running_var + eps)`` in inference) moved to the front, so that they no
+    longer split the run of element-wise nodes over the activations into separate
+    passes over memory. Their inputs live through the call anyway; random draws
+    keep their place."""
+    largest = max((_numel(n.output) for n in graph.nodes), default=0)
+    limit = min(SMALL, largest // 16)
+    ready = {id(v) for v in graph.inputs.values()}
+    front: list[Node] = []
+    rest: list[Node] = []
+    for node in graph.nodes:
+        if (
+            IMPURE not in node.facts
+            and _numel(node.output) <= limit
+            and all(v.is_constant or id(v) in ready for v in node.inputs)
+        ):
+            front.append(node)
+            ready.add(id(node.output))
+        else:
+            rest.append(node)
+    return graph.evolve(nodes=[*front, *rest])
 
 
 def groups(em: Emitter) -> dict[int, list[Node]]:

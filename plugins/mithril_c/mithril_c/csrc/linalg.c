@@ -19,9 +19,21 @@ void mc_set_threads(int n) {
     mc_thread_count = n > 0 ? n : 1;
 }
 
+#if defined(__AVX512F__)
+void mc_sgemm_avx512(int trans_a, int trans_b, long m, long n, long k, const float *a,
+                     long lda, const float *b, long ldb, float beta, float *c, long ldc);
+#endif
+
 static void mc_gemm_serial(int trans_a, int trans_b, long m, long n, long k,
                            const real *a, long lda, const real *b, long ldb, real beta,
                            real *c, long ldc) {
+#if defined(__AVX512F__)
+    if (MC_IS_FLOAT) { /* gemm_avx512.c: each element's sum does not depend on m, n */
+        mc_sgemm_avx512(trans_a, trans_b, m, n, k, (const float *)a, lda,
+                        (const float *)b, ldb, (float)beta, (float *)c, ldc);
+        return;
+    }
+#endif
     enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
     enum CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
     if (MC_IS_FLOAT)

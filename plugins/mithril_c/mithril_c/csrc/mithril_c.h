@@ -59,10 +59,14 @@ static inline long mc_split(long n, int t, int p, long align) {
 
 #define MC_IS_FLOAT (sizeof(real) == sizeof(float))
 
-/* Loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at load time
- * (no -march=native: a cached library runs on any x86-64). FMA contraction is off
- * (-ffp-contract=off), so every clone computes the same values. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+/* The backend compiles for the widest ISA of its machine (MC_SINGLE_TARGET and
+ * -mavx512f or -mavx2; the flags are in its cache keys). Without that (an exported
+ * model.c), loops are compiled for AVX-512, AVX2 and baseline x86-64 and picked at
+ * load time. FMA contraction is off (-ffp-contract=off), so every ISA computes the
+ * same values. */
+#if defined(MC_SINGLE_TARGET)
+#define MC_DISPATCH /* the backend compiles for this machine's ISA (-mavx512f ...) */
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define MC_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MC_DISPATCH

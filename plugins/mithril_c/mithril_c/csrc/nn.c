@@ -77,8 +77,9 @@ MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long
 
 /* -- convolution: im2col + gemm per image and group --------------------------------- */
 
-/* Columns [c * kh * kw, oh * ow] of one image's channel block (zero where padded). */
-static void mc_im2col(real *col, const real *x, long c, long h, long w, long kh,
+/* Columns [c * kh * kw, oh * ow] of one image's channel block (zero where padded),
+ * rows ``ld`` apart. */
+static void mc_im2col(real *col, long ld, const real *x, long c, long h, long w, long kh,
                       long kw, long oh, long ow, long sh, long sw, long ph, long pw,
                       long dh, long dw) {
     int t = mc_team(c * kh * kw * oh * ow);
@@ -87,7 +88,7 @@ static void mc_im2col(real *col, const real *x, long c, long h, long w, long kh,
         const real *plane = x + ci * h * w;
         for (long i = 0; i < kh; ++i) {
             for (long j = 0; j < kw; ++j) {
-                real *row = col + ((ci * kh + i) * kw + j) * oh * ow;
+                real *row = col + ((ci * kh + i) * kw + j) * ld;
                 long x0 = j * dw - pw;
                 /* Output columns whose input column x0 + ox * sw is inside [0, w). */
                 long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
@@ -114,10 +115,11 @@ static void mc_im2col(real *col, const real *x, long c, long h, long w, long kh,
     }
 }
 
-/* Adjoint of mc_im2col: add the columns back into the image (padding dropped). */
-static void mc_col2im(real *x, const real *col, long c, long h, long w, long kh, long kw,
-                      long oh, long ow, long sh, long sw, long ph, long pw, long dh,
-                      long dw) {
+/* Adjoint of mc_im2col: add the columns (rows ``ld`` apart) back into the image
+ * (padding dropped). */
+static void mc_col2im(real *x, const real *col, long ld, long c, long h, long w, long kh,
+                      long kw, long oh, long ow, long sh, long sw, long ph, long pw,
+                      long dh, long dw) {
     /* Each channel adds into its own plane: channels split over the team. */
     int t = mc_team(c * kh * kw * oh * ow);
 #pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
@@ -125,7 +127,7 @@ static void mc_col2im(real *x, const real *col, long c, long h, long w, long kh,
         real *plane = x + ci * h * w;
         for (long i = 0; i < kh; ++i) {
             for (long j = 0; j < kw; ++j) {
-                const real *row = col + ((ci * kh + i) * kw + j) * oh * ow;
+                const real *row = col + ((ci * kh + i) * kw + j) * ld;
                 long x0 = j * dw - pw;
                 long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
                 long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
@@ -160,8 +162,8 @@ static void mc_conv_image(real *y, const real *x, const real *w, const long *d,
         const real *image = x + (b * c + g * cg) * h * wd;
         const real *cols = image;
         if (!pointwise) {
-            mc_im2col(col, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11], d[12],
-                      d[13], d[14]);
+            mc_im2col(col, p, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11],
+                      d[12], d[13], d[14]);
             cols = col;
         }
         mc_gemm(0, 0, fg, p, k, w + g * fg * k, k, cols, p, 0, y + (b * f + g * fg) * p,
@@ -183,9 +185,83 @@ static int mc_conv_image_team(const long *d) {
     return (t > 1 && n >= t) ? t : 1;
 }
 
+/* -- convolution over a chunk of images at once ---------------------------------------
+ * Small images make thin products (ResNet-18's last stage at 64 x 64: 4 output pixels
+ * per image, a [512, 4608] x [4608, 4] gemm) and short sums (the weight gradient sums
+ * over an image's pixels). With d[17] = nb > 0 (groups 1), chunks of nb images put
+ * their columns side by side ([k, nb p], image j in columns j p ...) and run one
+ * product per chunk; outputs and output gradients pass through a [f, nb p] copy. The
+ * scratch holds both: (k + f) nb p values. */
+
+/* t[fo][j p + i] = y[j][fo][i] for m images. */
+static void mc_conv_gather(real *t, const real *y, long f, long p, long m) {
+    int team = mc_team(f * p * m);
+#pragma omp parallel for if (team > 1) num_threads(team) schedule(static)
+    for (long fo = 0; fo < f; ++fo)
+        for (long j = 0; j < m; ++j)
+            memcpy(t + fo * m * p + j * p, y + (j * f + fo) * p, (size_t)p * sizeof(real));
+}
+
+/* y[j][fo][i] = t[fo][j p + i] for m images. */
+static void mc_conv_scatter(real *y, const real *t, long f, long p, long m) {
+    int team = mc_team(f * p * m);
+#pragma omp parallel for if (team > 1) num_threads(team) schedule(static)
+    for (long fo = 0; fo < f; ++fo)
+        for (long j = 0; j < m; ++j)
+            memcpy(y + (j * f + fo) * p, t + fo * m * p + j * p, (size_t)p * sizeof(real));
+}
+
+/* The columns of images b0 .. b0 + m - 1, side by side (rows m p apart). */
+static void mc_conv_chunk_cols(real *cols, const real *x, const long *d, long b0, long m) {
+    long c = d[1], h = d[2], wd = d[3], p = d[7] * d[8];
+    for (long j = 0; j < m; ++j)
+        mc_im2col(cols + j * p, m * p, x + (b0 + j) * c * h * wd, c, h, wd, d[5], d[6],
+                  d[7], d[8], d[9], d[10], d[11], d[12], d[13], d[14]);
+}
+
+static void mc_conv2d_chunked(real *y, const real *x, const real *w, const long *d,
+                              real *scratch) {
+    long n = d[0], f = d[4], k = d[1] * d[5] * d[6], p = d[7] * d[8], nb = d[17];
+    real *cols = scratch, *yt = scratch + k * nb * p;
+    for (long b0 = 0; b0 < n; b0 += nb) {
+        long m = n - b0 < nb ? n - b0 : nb, l = m * p;
+        mc_conv_chunk_cols(cols, x, d, b0, m);
+        mc_gemm(0, 0, f, l, k, w, k, cols, l, 0, yt, l);
+        mc_conv_scatter(y + b0 * f * p, yt, f, p, m);
+    }
+}
+
+static void mc_conv2d_vjp_chunked(real *gx, real *gw, const real *g, const real *x,
+                                  const real *w, const long *d, real *scratch,
+                                  int accumulate_x, int accumulate_w) {
+    long n = d[0], c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];
+    long oh = d[7], ow = d[8], k = c * kh * kw, p = oh * ow, nb = d[17];
+    real *cols = scratch, *gt = scratch + k * nb * p;
+    if (gx && !accumulate_x) mc_fill(gx, n * c * h * wd, 0);
+    for (long b0 = 0; b0 < n; b0 += nb) {
+        long m = n - b0 < nb ? n - b0 : nb, l = m * p;
+        mc_conv_gather(gt, g + b0 * f * p, f, p, m);
+        if (gw) {
+            mc_conv_chunk_cols(cols, x, d, b0, m);
+            real beta = (b0 > 0 || accumulate_w) ? 1 : 0;
+            mc_gemm(0, 1, f, k, l, gt, l, cols, l, beta, gw, k);
+        }
+        if (gx) {
+            mc_gemm(1, 0, k, l, f, w, k, gt, l, 0, cols, l);
+            for (long j = 0; j < m; ++j)
+                mc_col2im(gx + (b0 + j) * c * h * wd, cols + j * p, l, c, h, wd, kh, kw,
+                          oh, ow, d[9], d[10], d[11], d[12], d[13], d[14]);
+        }
+    }
+}
+
 MC_DISPATCH void mc_conv2d(real *y, const real *x, const real *w, const long *d,
                            real *col) {
     long n = d[0], size = mc_conv_cols(d);
+    if (d[17] > 0) {
+        mc_conv2d_chunked(y, x, w, d, col);
+        return;
+    }
     int t = mc_conv_image_team(d);
     if (t <= 1) {
         for (long b = 0; b < n; ++b) mc_conv_image(y, x, w, d, col, b);
@@ -402,7 +478,7 @@ static void mc_conv_image_vjp_x(real *gx, const real *g, const real *w, const lo
             continue;
         }
         mc_gemm(1, 0, k, p, fg, wg, k, gout, p, 0, col, p);
-        mc_col2im(target, col, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11], d[12],
+        mc_col2im(target, col, p, cg, h, wd, kh, kw, oh, ow, d[9], d[10], d[11], d[12],
                   d[13], d[14]);
     }
 }
@@ -410,6 +486,10 @@ static void mc_conv_image_vjp_x(real *gx, const real *g, const real *w, const lo
 MC_DISPATCH void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x,
                                const real *w, const long *d, real *col,
                                int accumulate_x, int accumulate_w) {
+    if (d[17] > 0) {
+        mc_conv2d_vjp_chunked(gx, gw, g, x, w, d, col, accumulate_x, accumulate_w);
+        return;
+    }
     long n = d[0], c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];
     long oh = d[7], ow = d[8], groups = d[15];
     long cg = c / groups, fg = f / groups, k = cg * kh * kw, p = oh * ow;
@@ -421,7 +501,7 @@ MC_DISPATCH void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x,
                 const real *image = x + (b * c + grp * cg) * h * wd;
                 const real *cols = image;
                 if (!pointwise) {
-                    mc_im2col(col, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10],
+                    mc_im2col(col, p, image, cg, h, wd, kh, kw, oh, ow, d[9], d[10],
                               d[11], d[12], d[13], d[14]);
                     cols = col;
                 }

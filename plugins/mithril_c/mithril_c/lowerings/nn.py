@@ -52,6 +52,13 @@ def log_softmax_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 # -- convolution -----------------------------------------------------------------------
 
 
+# Convolutions whose images have at most this many output pixels run chunks of
+# images through one product (columns side by side), in chunks of about this many
+# scratch values (columns and the transposed output).
+_CHUNK_PIXELS = 1024
+_CHUNK_VALUES = 1 << 21
+
+
 def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
     """The ``long`` dims array of mc_conv2d and the size of its column scratch."""
     x, w = node.input("input"), node.input("weight")
@@ -69,11 +76,17 @@ def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
     n, c, h, width = xs
     f, _, kh, kw = ws
     oh, ow = ys[2:]
-    # Images run on separate threads, each with its own column scratch.
+    # Images run on separate threads, each with its own column scratch ...
     copies = max(min(n, ctx.threads), 1)
+    scratch = (c // groups) * kh * kw * oh * ow * copies
+    # ... or small images go in chunks, side by side (mc_conv2d_chunked).
+    k, pixels, chunk = c * kh * kw, oh * ow, 0
+    if groups == 1 and n > 1 and pixels <= _CHUNK_PIXELS:
+        chunk = max(1, min(n, _CHUNK_VALUES // ((k + f) * pixels)))
+        scratch = max(scratch, (k + f) * chunk * pixels)
     dims = (n, c, h, width, f, kh, kw, oh, ow, *stride, pads[0][0], pads[1][0])
-    dims += (*dilation, groups, copies)
-    return ctx.longs(dims), (c // groups) * kh * kw * oh * ow * copies
+    dims += (*dilation, groups, copies, chunk)
+    return ctx.longs(dims), scratch
 
 
 # Winograd F(4x4, 3x3): a block of tiles (whole rows of tiles) has about this many

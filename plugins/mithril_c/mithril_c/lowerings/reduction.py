@@ -65,8 +65,24 @@ def _sum_into(
         count = math.prod(shape[d] for d in axes)
         ctx.line(f"mc_sum_axis({out}, {x}, {outer}, {count}, {inner});")
         return
+    if ctype == "real" and ctx.is_real(value):
+        _accumulate(ctx, node, out, f"{x}[{{i}}]", "sum")
+        return
     ctx.fill(out, ctx.numel(node.output), "0", ctype)
     _loop(ctx, shape, strides, f"{out}[{{o}}] += {x}[{{i}}];")
+
+
+def _accumulate(ctx: Emitter, node: Node, out: str, term: str, key: str) -> None:
+    """``out[o] = sum of term over the reduced axes`` ({i}: input index, {o}: output
+    index), added up in double: a float32 running sum of thousands of nearly equal
+    values (a batch norm's gradient) drifts by ~1e-4 of itself, which the norm's
+    subtraction of the mean then magnifies."""
+    shape, strides, _ = _layout(ctx, node)
+    numel = ctx.numel(node.output)
+    total = ctx.temp(node, key, numel, "double")
+    ctx.fill(total, numel, "0", "double")
+    _loop(ctx, shape, strides, f"{total}[{{o}}] += {term};")
+    ctx.line(f"for (long i = 0; i < {numel}; ++i) {out}[i] = (real){total}[i];")
 
 
 @dtypes("any")
@@ -181,12 +197,12 @@ def variance(ctx: Emitter, node: Node) -> None:
     correction = node.input("correction").constant
     _sum_into(ctx, average, node.input("input"), node)
     ctx.line(f"for (long i = 0; i < {numel}; ++i) {average}[i] /= (real){count};")
-    ctx.line(f"mc_fill({out}, {numel}, 0);")
-    _loop(
+    _accumulate(
         ctx,
-        shape,
-        strides,
-        f"{{{{ real d = {x}[{{i}}] - {average}[{{o}}]; {out}[{{o}}] += d * d; }}}}",
+        node,
+        out,
+        f"(double)({x}[{{i}}] - {average}[{{o}}]) * ({x}[{{i}}] - {average}[{{o}}])",
+        "squares",
     )
     ctx.line(
         f"for (long i = 0; i < {numel}; ++i) "
