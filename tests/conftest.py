@@ -8,10 +8,16 @@ that also takes ``float_dtype`` runs once per (backend, float dtype the backend
 supports) pair, float64 first. Cases marked as known gaps (``known_gaps`` of a
 ``case`` parameter) are xfailed at collection, strictly, so that a fixed gap shows up
 as a failure to clean up.
+
+``MITHRIL_TEST_DEVICE=cuda`` (or ``gpu``) runs these tests on that device: only the
+backends that list it in ``devices`` take part, each created with ``device=...``
+(``python -m pytest tests/primitives`` on a GPU machine checks every primitive's
+forward and gradient there).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -21,11 +27,20 @@ import pytest
 import mithril_core as ml
 
 FLOAT_DTYPES = ("float64", "float32")
+DEVICE = os.environ.get("MITHRIL_TEST_DEVICE", "")
+
+
+def _on_device(name: str) -> bool:
+    from mithril_core.plugins import get_registry
+
+    devices = getattr(get_registry().backend_class(name), "devices", ("cpu",))
+    return DEVICE.partition(":")[0] in devices
 
 
 @cache
 def all_backend_names() -> tuple[str, ...]:
-    return tuple(ml.available_backends())
+    names = tuple(ml.available_backends())
+    return tuple(n for n in names if _on_device(n)) if DEVICE else names
 
 
 def supports_gradients(name: str) -> bool:
@@ -59,7 +74,8 @@ def float_dtypes(name: str) -> tuple[str, ...]:
 
 @cache
 def _make_backend(name: str, dtype: str = "float32") -> Any:
-    return ml.backend(name, dtype=getattr(ml, dtype))
+    options = {"device": DEVICE} if DEVICE else {}
+    return ml.backend(name, dtype=getattr(ml, dtype), **options)
 
 
 @pytest.fixture
