@@ -131,8 +131,13 @@ def compile(  # noqa: A001 - the public name the SPEC fixes
         if k in data and graph.inputs[k].differentiable:
             grad_keys += (k,)
 
+    # A state's new value (running statistics) is no function to differentiate: no
+    # output gradient is taken for it, and backends compile no backward pass from it.
+    state_updates = {f"{k}_updated" for k in state_keys}
     differentiable_outputs = tuple(
-        k for k, v in graph.outputs.items() if ty.TENSOR_FLOAT in v.types
+        k
+        for k, v in graph.outputs.items()
+        if ty.TENSOR_FLOAT in v.types and k not in state_updates
     )
     native = backend.build_program(
         graph,

@@ -113,6 +113,75 @@ def loop_nest(
     return lines
 
 
+def sums_inner(shape: Sequence[int], out_strides: Sequence[int]) -> bool:
+    """Whether :func:`reduction_nest` suits a sum into an array with ``out_strides``
+    over ``shape``: the innermost non-trivial axis is summed over (a batch norm's
+    [N, C, H, W] -> [C]); when it is kept, the plain nest vectorises along it."""
+    axes = [d for d, size in enumerate(shape) if size > 1]
+    return bool(axes) and out_strides[axes[-1]] == 0
+
+
+def reduction_nest(
+    shape: Sequence[int],
+    accesses: Accesses,
+    term: str,
+    out: str,
+    out_strides: Sequence[int],
+    mode: str,
+) -> list[str]:
+    """``out[o] (mode) sum of term`` over the axes where ``out_strides`` is 0.
+
+    Kept axes are the outer loops (the outermost split over the team: each output is
+    one thread's), the summed ones inner, added up in a double that ``omp simd``
+    may vectorise (a serial ``out[o] +=`` chain runs one add per add latency).
+    ``term`` reads ``accesses`` through NUL-delimited placeholders (as
+    :class:`_Loop`); ``mode`` is ``=`` or ``+=``."""
+    if math.prod(shape) == 0:
+        return []
+    kept = [d for d, size in enumerate(shape) if size > 1 and out_strides[d]]
+    summed = [d for d, size in enumerate(shape) if size > 1 and not out_strides[d]]
+
+    def index(strides: Sequence[int]) -> str:
+        terms = [
+            f"i{d}" if strides[d] == 1 else f"i{d} * {strides[d]}"
+            for d in range(len(shape))
+            if shape[d] > 1 and strides[d]
+        ]
+        return " + ".join(terms) or "0"
+
+    pieces = term.split("\x00")
+    for k in range(1, len(pieces), 2):
+        pointer, strides = accesses[int(pieces[k])]
+        pieces[k] = f"{pointer}[{index(strides)}]"
+    lines: list[str] = []
+    work = math.prod(shape)
+    team = kept and work >= GRAIN and shape[kept[0]] > 1
+    if team:
+        lines += ["{", f"    int mc_t = mc_team({work});", PARALLEL_FOR]
+    indent = ""
+    for d in kept:
+        lines.append(f"{indent}for (long i{d} = 0; i{d} < {shape[d]}; ++i{d}) {{")
+        indent += "    "
+    lines.append(f"{indent}double s = 0;")
+    opened = indent
+    for n, d in enumerate(summed):
+        if n == len(summed) - 1:
+            lines.append(f"{indent}#pragma omp simd reduction(+:s)")
+        lines.append(f"{indent}for (long i{d} = 0; i{d} < {shape[d]}; ++i{d}) {{")
+        indent += "    "
+    lines.append(f"{indent}s += {''.join(pieces)};")
+    for _ in summed:
+        indent = indent[:-4]
+        lines.append(f"{indent}}}")
+    lines.append(f"{opened}{out}[{index(out_strides)}] {mode} (real)s;")
+    for _ in kept:
+        indent = indent[:-4]
+        lines.append(f"{indent}}}")
+    if team:
+        lines.append("}")
+    return lines
+
+
 _MAX_ALIAS_CHECKS = 8
 
 
@@ -349,6 +418,7 @@ def emit_elementwise_vjp(em: Emitter, node: Node, needs: tuple[bool, ...]) -> No
         named["y"] = loop.operand(node.output)
     body = []
     written = []
+    sums: list[tuple[str, str, tuple[int, ...], str]] = []
     mode: dict[int, str] = {}
     same = math.prod(shape)
     for j, value in targets:
@@ -358,16 +428,24 @@ def emit_elementwise_vjp(em: Emitter, node: Node, needs: tuple[bool, ...]) -> No
             continue
         reduce = em.numel(value) != same
         pointer, accumulate = em.target(value)
-        if id(value) not in mode:
-            if reduce and not accumulate:
-                em.line(f"mc_fill({pointer}, {em.numel(value)}, 0);")
-                mode[id(value)] = "+="
-            else:
-                mode[id(value)] = "+=" if accumulate else "="
-        index = loop.access(pointer, broadcast_strides(shape_of(value), shape))
-        written.append(index)
+        strides = broadcast_strides(shape_of(value), shape)
         expr = vjps[j].format(*args, **named)
+        if id(value) not in mode:
+            mode[id(value)] = "+=" if accumulate else "="
+        if reduce and sums_inner(shape, strides):
+            # A broadcast input's gradient sums over the axes it was repeated along.
+            sums.append((expr, pointer, strides, mode[id(value)]))
+            mode[id(value)] = "+="
+            continue
+        if reduce and mode[id(value)] == "=":
+            em.line(f"mc_fill({pointer}, {em.numel(value)}, 0);")
+            mode[id(value)] = "+="
+        index = loop.access(pointer, strides)
+        written.append(index)
         body.append(f"\x00{index}\x00 {mode[id(value)]} {expr};")
         mode[id(value)] = "+="
     em.line(f"/* {comment_text(node.op)} vjp */")
-    loop.emit(body, written)
+    if body:
+        loop.emit(body, written)
+    for expr, pointer, strides, how in sums:
+        em.line(*reduction_nest(shape, loop.accesses, expr, pointer, strides, how))

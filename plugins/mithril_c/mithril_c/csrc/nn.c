@@ -77,72 +77,82 @@ MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long
 
 /* -- convolution: im2col + gemm per image and group --------------------------------- */
 
-/* Columns [c * kh * kw, oh * ow] of one image's channel block (zero where padded),
- * rows ``ld`` apart. */
-static void mc_im2col(real *col, long ld, const real *x, long c, long h, long w, long kh,
-                      long kw, long oh, long ow, long sh, long sw, long ph, long pw,
-                      long dh, long dw) {
-    int t = mc_team(c * kh * kw * oh * ow);
-#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
-    for (long ci = 0; ci < c; ++ci) {
-        const real *plane = x + ci * h * w;
-        for (long i = 0; i < kh; ++i) {
-            for (long j = 0; j < kw; ++j) {
-                real *row = col + ((ci * kh + i) * kw + j) * ld;
-                long x0 = j * dw - pw;
-                /* Output columns whose input column x0 + ox * sw is inside [0, w). */
-                long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
-                long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
-                if (hi > ow) hi = ow;
-                if (lo > hi) lo = hi;
-                for (long oy = 0; oy < oh; ++oy) {
-                    long y = oy * sh - ph + i * dh;
-                    real *dst = row + oy * ow;
-                    if (y < 0 || y >= h) {
-                        for (long ox = 0; ox < ow; ++ox) dst[ox] = 0;
-                        continue;
-                    }
-                    const real *src = plane + y * w + x0;
-                    for (long ox = 0; ox < lo; ++ox) dst[ox] = 0;
-                    if (sw == 1)
-                        for (long ox = lo; ox < hi; ++ox) dst[ox] = src[ox];
-                    else
-                        for (long ox = lo; ox < hi; ++ox) dst[ox] = src[ox * sw];
-                    for (long ox = hi; ox < ow; ++ox) dst[ox] = 0;
+/* The kh * kw column rows (``ld`` apart) of one channel plane (zero where padded). */
+static inline void mc_im2col_plane(real *col, long ld, const real *plane, long h, long w,
+                                   long kh, long kw, long oh, long ow, long sh, long sw,
+                                   long ph, long pw, long dh, long dw) {
+    for (long i = 0; i < kh; ++i) {
+        for (long j = 0; j < kw; ++j) {
+            real *row = col + (i * kw + j) * ld;
+            long x0 = j * dw - pw;
+            /* Output columns whose input column x0 + ox * sw is inside [0, w). */
+            long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
+            long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
+            if (hi > ow) hi = ow;
+            if (lo > hi) lo = hi;
+            for (long oy = 0; oy < oh; ++oy) {
+                long y = oy * sh - ph + i * dh;
+                real *dst = row + oy * ow;
+                if (y < 0 || y >= h) {
+                    for (long ox = 0; ox < ow; ++ox) dst[ox] = 0;
+                    continue;
                 }
+                const real *src = plane + y * w + x0;
+                for (long ox = 0; ox < lo; ++ox) dst[ox] = 0;
+                if (sw == 1)
+                    for (long ox = lo; ox < hi; ++ox) dst[ox] = src[ox];
+                else
+                    for (long ox = lo; ox < hi; ++ox) dst[ox] = src[ox * sw];
+                for (long ox = hi; ox < ow; ++ox) dst[ox] = 0;
             }
         }
     }
 }
 
-/* Adjoint of mc_im2col: add the columns (rows ``ld`` apart) back into the image
- * (padding dropped). */
-static void mc_col2im(real *x, const real *col, long ld, long c, long h, long w, long kh,
-                      long kw, long oh, long ow, long sh, long sw, long ph, long pw,
-                      long dh, long dw) {
-    /* Each channel adds into its own plane: channels split over the team. */
-    int t = mc_team(c * kh * kw * oh * ow);
-#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
-    for (long ci = 0; ci < c; ++ci) {
-        real *plane = x + ci * h * w;
-        for (long i = 0; i < kh; ++i) {
-            for (long j = 0; j < kw; ++j) {
-                const real *row = col + ((ci * kh + i) * kw + j) * ld;
-                long x0 = j * dw - pw;
-                long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
-                long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
-                if (hi > ow) hi = ow;
-                if (lo > hi) lo = hi;
-                for (long oy = 0; oy < oh; ++oy) {
-                    long y = oy * sh - ph + i * dh;
-                    if (y < 0 || y >= h) continue;
-                    const real *src = row + oy * ow;
-                    real *dst = plane + y * w + x0;
-                    for (long ox = lo; ox < hi; ++ox) dst[ox * sw] += src[ox];
-                }
+/* Adjoint of mc_im2col_plane: add the column rows back into the plane (padding
+ * dropped). */
+static inline void mc_col2im_plane(real *plane, const real *col, long ld, long h, long w,
+                                   long kh, long kw, long oh, long ow, long sh, long sw,
+                                   long ph, long pw, long dh, long dw) {
+    for (long i = 0; i < kh; ++i) {
+        for (long j = 0; j < kw; ++j) {
+            const real *row = col + (i * kw + j) * ld;
+            long x0 = j * dw - pw;
+            long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
+            long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
+            if (hi > ow) hi = ow;
+            if (lo > hi) lo = hi;
+            for (long oy = 0; oy < oh; ++oy) {
+                long y = oy * sh - ph + i * dh;
+                if (y < 0 || y >= h) continue;
+                const real *src = row + oy * ow;
+                real *dst = plane + y * w + x0;
+                for (long ox = lo; ox < hi; ++ox) dst[ox * sw] += src[ox];
             }
         }
     }
+}
+
+/* Columns [c * kh * kw, oh * ow] of one image's channel block, rows ``ld`` apart. */
+static void mc_im2col(real *col, long ld, const real *x, long c, long h, long w, long kh,
+                      long kw, long oh, long ow, long sh, long sw, long ph, long pw,
+                      long dh, long dw) {
+    int t = mc_team(c * kh * kw * oh * ow);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
+    for (long ci = 0; ci < c; ++ci)
+        mc_im2col_plane(col + ci * kh * kw * ld, ld, x + ci * h * w, h, w, kh, kw, oh, ow,
+                        sh, sw, ph, pw, dh, dw);
+}
+
+/* Adjoint of mc_im2col: each channel adds into its own plane (split over the team). */
+static void mc_col2im(real *x, const real *col, long ld, long c, long h, long w, long kh,
+                      long kw, long oh, long ow, long sh, long sw, long ph, long pw,
+                      long dh, long dw) {
+    int t = mc_team(c * kh * kw * oh * ow);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
+    for (long ci = 0; ci < c; ++ci)
+        mc_col2im_plane(x + ci * h * w, col + ci * kh * kw * ld, ld, h, w, kh, kw, oh, ow,
+                        sh, sw, ph, pw, dh, dw);
 }
 
 /* A 1x1, stride-1, unpadded convolution reads the image itself as its columns. */
@@ -211,12 +221,30 @@ static void mc_conv_scatter(real *y, const real *t, long f, long p, long m) {
             memcpy(y + (j * f + fo) * p, t + fo * m * p + j * p, (size_t)p * sizeof(real));
 }
 
-/* The columns of images b0 .. b0 + m - 1, side by side (rows m p apart). */
+/* The columns of images b0 .. b0 + m - 1, side by side (rows m p apart): one team
+ * over the (image, channel) planes. */
 static void mc_conv_chunk_cols(real *cols, const real *x, const long *d, long b0, long m) {
-    long c = d[1], h = d[2], wd = d[3], p = d[7] * d[8];
+    long c = d[1], h = d[2], wd = d[3], kk = d[5] * d[6], p = d[7] * d[8];
+    int t = mc_team(m * c * kk * p);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static) collapse(2)
     for (long j = 0; j < m; ++j)
-        mc_im2col(cols + j * p, m * p, x + (b0 + j) * c * h * wd, c, h, wd, d[5], d[6],
-                  d[7], d[8], d[9], d[10], d[11], d[12], d[13], d[14]);
+        for (long ci = 0; ci < c; ++ci)
+            mc_im2col_plane(cols + ci * kk * m * p + j * p, m * p,
+                            x + ((b0 + j) * c + ci) * h * wd, h, wd, d[5], d[6], d[7],
+                            d[8], d[9], d[10], d[11], d[12], d[13], d[14]);
+}
+
+/* Adjoint of mc_conv_chunk_cols: add the columns into the images' gradients. */
+static void mc_conv_chunk_uncols(real *gx, const real *cols, const long *d, long b0,
+                                 long m) {
+    long c = d[1], h = d[2], wd = d[3], kk = d[5] * d[6], p = d[7] * d[8];
+    int t = mc_team(m * c * kk * p);
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static) collapse(2)
+    for (long j = 0; j < m; ++j)
+        for (long ci = 0; ci < c; ++ci)
+            mc_col2im_plane(gx + ((b0 + j) * c + ci) * h * wd,
+                            cols + ci * kk * m * p + j * p, m * p, h, wd, d[5], d[6],
+                            d[7], d[8], d[9], d[10], d[11], d[12], d[13], d[14]);
 }
 
 static void mc_conv2d_chunked(real *y, const real *x, const real *w, const long *d,
@@ -248,9 +276,7 @@ static void mc_conv2d_vjp_chunked(real *gx, real *gw, const real *g, const real 
         }
         if (gx) {
             mc_gemm(1, 0, k, l, f, w, k, gt, l, 0, cols, l);
-            for (long j = 0; j < m; ++j)
-                mc_col2im(gx + (b0 + j) * c * h * wd, cols + j * p, l, c, h, wd, kh, kw,
-                          oh, ow, d[9], d[10], d[11], d[12], d[13], d[14]);
+            mc_conv_chunk_uncols(gx, cols, d, b0, m);
         }
     }
 }

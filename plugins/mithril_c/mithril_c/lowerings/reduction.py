@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from mithril_c._emit import Emitter
-from mithril_c._fuse import contiguous_strides, loop_nest
+from mithril_c._fuse import contiguous_strides, loop_nest, reduction_nest, sums_inner
 from mithril_c.lowerings._types import CLowering, dtypes
 from mithril_core.errors import ShapeError
 from mithril_core.physical.flat import Node, Value
@@ -66,22 +66,35 @@ def _sum_into(
         ctx.line(f"mc_sum_axis({out}, {x}, {outer}, {count}, {inner});")
         return
     if ctype == "real" and ctx.is_real(value):
-        _accumulate(ctx, node, out, f"{x}[{{i}}]", "sum")
+        _accumulate(ctx, node, out, x, "sum")
         return
     ctx.fill(out, ctx.numel(node.output), "0", ctype)
     _loop(ctx, shape, strides, f"{out}[{{o}}] += {x}[{{i}}];")
 
 
-def _accumulate(ctx: Emitter, node: Node, out: str, term: str, key: str) -> None:
-    """``out[o] = sum of term over the reduced axes`` ({i}: input index, {o}: output
-    index), added up in double: a float32 running sum of thousands of nearly equal
+def _accumulate(
+    ctx: Emitter, node: Node, out: str, x: str, key: str, center: str | None = None
+) -> None:
+    """``out[o] = sum of x[i]`` (or of ``(x[i] - center[o])**2``) over the reduced
+    axes, added up in double: a float32 running sum of thousands of nearly equal
     values (a batch norm's gradient) drifts by ~1e-4 of itself, which the norm's
     subtraction of the mean then magnifies."""
     shape, strides, _ = _layout(ctx, node)
     numel = ctx.numel(node.output)
+    if sums_inner(shape, strides):
+        accesses = [(x, contiguous_strides(shape))]
+        term = "\x000\x00"
+        if center is not None:
+            accesses.append((center, strides))
+            term = "(double)(\x000\x00 - \x001\x00) * (\x000\x00 - \x001\x00)"
+        ctx.line(*reduction_nest(shape, accesses, term, out, strides, "="))
+        return
     total = ctx.temp(node, key, numel, "double")
     ctx.fill(total, numel, "0", "double")
-    _loop(ctx, shape, strides, f"{total}[{{o}}] += {term};")
+    value = f"{x}[{{i}}]"
+    if center is not None:
+        value = f"(double)({value} - {center}[{{o}}]) * ({value} - {center}[{{o}}])"
+    _loop(ctx, shape, strides, f"{total}[{{o}}] += {value};")
     ctx.line(f"for (long i = 0; i < {numel}; ++i) {out}[i] = (real){total}[i];")
 
 
@@ -197,13 +210,7 @@ def variance(ctx: Emitter, node: Node) -> None:
     correction = node.input("correction").constant
     _sum_into(ctx, average, node.input("input"), node)
     ctx.line(f"for (long i = 0; i < {numel}; ++i) {average}[i] /= (real){count};")
-    _accumulate(
-        ctx,
-        node,
-        out,
-        f"(double)({x}[{{i}}] - {average}[{{o}}]) * ({x}[{{i}}] - {average}[{{o}}])",
-        "squares",
-    )
+    _accumulate(ctx, node, out, x, "squares", center=average)
     ctx.line(
         f"for (long i = 0; i < {numel}; ++i) "
         f"{out}[i] /= (real)({count} - {ctx.lit(correction)});"
