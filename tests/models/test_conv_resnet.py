@@ -720,3 +720,29 @@ def test_guide_load_pretrained_resnet():
     )
     out = pm.evaluate(ml_params, {"input": backend.array(x)})["output"]
     np.testing.assert_allclose(out.numpy(), expected_eval, atol=1e-4)
+
+
+def test_running_statistics_are_not_differentiated(backend_name):
+    """A state's new value (``bn_running_mean_updated``) is returned, not
+    differentiated: no output gradient is taken for it and the backward pass does
+    not start from it (a C backward used to spend a pass over the activations on
+    it)."""
+    model = Model()
+    model |= BatchNorm2D(3, name="bn")(input="input", output=IOKey("output"))
+    backend = ml.backend(backend_name)
+    pm = ml.compile(model, backend, shapes={"input": [2, 3, 4, 4]}, inference=False)
+    assert set(pm.program.differentiable_outputs) == {"output"}
+    params = {
+        "bn_weight": np.ones(3, np.float32),
+        "bn_bias": np.zeros(3, np.float32),
+        "bn_running_mean": np.zeros(3, np.float32),
+        "bn_running_var": np.ones(3, np.float32),
+    }
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    seed = backend.array(np.ones(3, np.float32))
+    with pytest.raises(ml.MithrilError, match="bn_running_mean_updated"):
+        pm.evaluate(
+            {k: backend.array(v) for k, v in params.items()},
+            {"input": backend.array(x)},
+            output_gradients={"bn_running_mean_updated": seed},
+        )
