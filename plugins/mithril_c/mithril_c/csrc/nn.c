@@ -77,10 +77,48 @@ MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long
 
 /* -- convolution: im2col + gemm per image and group --------------------------------- */
 
+/* mc_im2col_plane of a stride-1 convolution whose output is as wide as its input
+ * (ResNet's 3x3, padding 1): each column row is the plane shifted by whole rows and
+ * columns, so it is one block copy, then zeros in the columns and rows that fall in
+ * the padding (the copy's wrapped-around border elements). */
+static inline void mc_im2col_plane_shifted(real *col, long ld, const real *plane, long h,
+                                           long w, long kh, long kw, long oh, long ph,
+                                           long pw) {
+    for (long i = 0; i < kh; ++i) {
+        long oy0 = ph - i > 0 ? ph - i : 0, oy1 = h + ph - i < oh ? h + ph - i : oh;
+        if (oy1 < oy0) oy1 = oy0;
+        for (long j = 0; j < kw; ++j) {
+            real *row = col + (i * kw + j) * ld;
+            long x0 = j - pw;
+            long lo = x0 >= 0 ? 0 : -x0, hi = w - x0 < w ? w - x0 : w;
+            if (hi < lo) hi = lo;
+            /* dst[oy w + ox] = plane[(oy + i - ph) w + ox + x0] for oy in [oy0, oy1),
+             * copied as one block clipped to the plane. */
+            long from = oy0 * w, to = oy1 * w, shift = (i - ph) * w + x0;
+            long a = from + shift < 0 ? -shift : from;
+            long b = to + shift > h * w ? h * w - shift : to;
+            if (b > a) memcpy(row + a, plane + a + shift, (size_t)(b - a) * sizeof(real));
+            for (long k = from; k < a && k < to; ++k) row[k] = 0;
+            for (long k = b > from ? b : from; k < to; ++k) row[k] = 0;
+            for (long oy = oy0; oy < oy1; ++oy) {
+                real *line = row + oy * w;
+                for (long ox = 0; ox < lo; ++ox) line[ox] = 0;
+                for (long ox = hi; ox < w; ++ox) line[ox] = 0;
+            }
+            for (long k = 0; k < oy0 * w; ++k) row[k] = 0;
+            for (long k = oy1 * w; k < oh * w; ++k) row[k] = 0;
+        }
+    }
+}
+
 /* The kh * kw column rows (``ld`` apart) of one channel plane (zero where padded). */
 static inline void mc_im2col_plane(real *col, long ld, const real *plane, long h, long w,
                                    long kh, long kw, long oh, long ow, long sh, long sw,
                                    long ph, long pw, long dh, long dw) {
+    if (sh == 1 && sw == 1 && dh == 1 && dw == 1 && ow == w) {
+        mc_im2col_plane_shifted(col, ld, plane, h, w, kh, kw, oh, ph, pw);
+        return;
+    }
     for (long i = 0; i < kh; ++i) {
         for (long j = 0; j < kw; ++j) {
             real *row = col + (i * kw + j) * ld;
