@@ -77,6 +77,17 @@ MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long
 
 /* -- convolution: im2col + gemm per image and group --------------------------------- */
 
+/* [lo, hi): the output columns ox < ow whose input column x0 + ox * sw is inside
+ * [0, w). */
+static inline void mc_inside(long x0, long w, long sw, long ow, long *lo, long *hi) {
+    long a = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
+    long b = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
+    if (b > ow) b = ow;
+    if (a > b) a = b;
+    *lo = a;
+    *hi = b;
+}
+
 /* mc_im2col_plane of a stride-1 convolution whose output is as wide as its input
  * (ResNet's 3x3, padding 1): each column row is the plane shifted by whole rows and
  * columns, so it is one block copy, then zeros in the columns and rows that fall in
@@ -122,12 +133,8 @@ static inline void mc_im2col_plane(real *col, long ld, const real *plane, long h
     for (long i = 0; i < kh; ++i) {
         for (long j = 0; j < kw; ++j) {
             real *row = col + (i * kw + j) * ld;
-            long x0 = j * dw - pw;
-            /* Output columns whose input column x0 + ox * sw is inside [0, w). */
-            long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
-            long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
-            if (hi > ow) hi = ow;
-            if (lo > hi) lo = hi;
+            long x0 = j * dw - pw, lo, hi;
+            mc_inside(x0, w, sw, ow, &lo, &hi);
             for (long oy = 0; oy < oh; ++oy) {
                 long y = oy * sh - ph + i * dh;
                 real *dst = row + oy * ow;
@@ -155,11 +162,8 @@ static inline void mc_col2im_plane(real *plane, const real *col, long ld, long h
     for (long i = 0; i < kh; ++i) {
         for (long j = 0; j < kw; ++j) {
             const real *row = col + (i * kw + j) * ld;
-            long x0 = j * dw - pw;
-            long lo = x0 >= 0 ? 0 : (-x0 + sw - 1) / sw;
-            long hi = x0 >= w ? 0 : (w - 1 - x0) / sw + 1;
-            if (hi > ow) hi = ow;
-            if (lo > hi) lo = hi;
+            long x0 = j * dw - pw, lo, hi;
+            mc_inside(x0, w, sw, ow, &lo, &hi);
             for (long oy = 0; oy < oh; ++oy) {
                 long y = oy * sh - ph + i * dh;
                 if (y < 0 || y >= h) continue;
