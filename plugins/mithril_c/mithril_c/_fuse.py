@@ -218,7 +218,13 @@ SMALL = 4096
 
 
 def _numel(value: Value) -> int:
-    return math.prod(shape_of(value)) if is_tensor_value(value) else 1
+    """Elements of ``value`` (-1 when its shape is not known: never small)."""
+    if not is_tensor_value(value):
+        return 1
+    shape = value.shape()
+    if shape is None or None in shape:
+        return -1
+    return math.prod(int(d) for d in shape)  # type: ignore[misc, arg-type]
 
 
 def hoist_small(graph: FlatGraph) -> FlatGraph:
@@ -236,7 +242,7 @@ def hoist_small(graph: FlatGraph) -> FlatGraph:
     for node in graph.nodes:
         if (
             IMPURE not in node.facts
-            and _numel(node.output) <= limit
+            and 0 <= _numel(node.output) <= limit
             and all(v.is_constant or id(v) in ready for v in node.inputs)
         ):
             front.append(node)
