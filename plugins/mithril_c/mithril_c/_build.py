@@ -67,10 +67,6 @@ LDFLAGS = ("-fopenmp",)
 ISAS = ("avx512f", "avx2")
 
 
-# What OpenBLAS's AVX-512 kernels (its SkylakeX core) need.
-BLAS_AVX512 = frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"})
-
-
 @cache
 def cpu_flags() -> frozenset[str] | None:
     """The CPU's feature flags as Linux names them (x86-64 only; else ``None``)."""
@@ -97,16 +93,6 @@ def isa_flags() -> tuple[str, ...]:
         return ()
     best = next((isa for isa in ISAS if isa in flags), None)
     return ("-DMC_SINGLE_TARGET", *(() if best is None else (f"-m{best}",)))
-
-
-def prefer_avx512_blas() -> None:
-    """Ask OpenBLAS for its AVX-512 kernels on a CPU that has them, unless the user
-    chose a core (``OPENBLAS_CORETYPE``). OpenBLAS 0.3.34 does not know AMD's Zen 5
-    and runs its AVX2 (Haswell) kernels there: 120 against 210 GFLOP/s per core for
-    a 256 x 98 x 2304 sgemm (measured). Read once, when the library loads."""
-    flags = cpu_flags()
-    if flags is not None and BLAS_AVX512 <= flags:
-        os.environ.setdefault("OPENBLAS_CORETYPE", "SkylakeX")
 
 
 @dataclass
@@ -425,7 +411,6 @@ def _load(name: str, path: Path) -> ModuleType:
         module = sys.modules.get(name)
         if module is not None:
             return module
-        prefer_avx512_blas()
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
