@@ -81,6 +81,8 @@ class Plan:
     grads: dict[str, tuple[Loc, tuple[int, ...], str] | None]
     functions: tuple[str, ...]
     errors: tuple[str, ...] = ()
+    # og[len(seeds) + i]: the arrays gradients are written into, returned as they are.
+    result_shapes: tuple[tuple[int, ...], ...] = ()
     # The workspace carries state from one call to the next (see Emitter.state).
     stateful: bool = False
 
@@ -422,7 +424,8 @@ class Workspace:
     Two regions may share memory when their lifetimes (first to last use, per
     timeline) are disjoint in every timeline; :meth:`keep` makes a region live to the
     end (what the runtime reads after the call), :meth:`pin` live always (state
-    carried between calls).
+    carried between calls), :meth:`detach` takes it out of the workspace (the caller
+    gives its memory: a gradient written straight into the array returned).
     """
 
     def __init__(self, itemsize: int) -> None:
@@ -430,6 +433,7 @@ class Workspace:
         self.blocks: list[int] = []  # size in ALIGN_BYTES blocks
         self.spans: list[dict[int, list[int]]] = []
         self.pinned: set[int] = set()
+        self.detached: set[int] = set()
         self.timeline = 0
         self.step = 0
 
@@ -455,8 +459,12 @@ class Workspace:
     def pin(self, region: int) -> None:
         self.pinned.add(region)
 
+    def detach(self, region: int) -> None:
+        self.detached.add(region)
+
     def layout(self) -> tuple[list[int], int]:
-        """Element offsets of the regions and the workspace size in elements."""
+        """Element offsets of the regions and the workspace size in elements (a
+        detached region has offset -1)."""
         n = len(self.blocks)
         if n == 0:
             return [], 0
@@ -472,8 +480,13 @@ class Workspace:
         blocks = np.array(self.blocks)
         start = np.zeros(n, dtype=np.int64)
         placed = np.zeros(n, dtype=bool)
+        blocks[list(self.detached)] = 0
+        start[list(self.detached)] = -1
         # Largest first, then earliest: big activations pack, small ones fill gaps.
-        order = sorted(range(n), key=lambda r: (-self.blocks[r], first[:, r].min()))
+        order = sorted(
+            (r for r in range(n) if r not in self.detached),
+            key=lambda r: (-self.blocks[r], first[:, r].min()),
+        )
         for r in order:
             clash = pinned | pinned[r]
             for t in range(len(timelines)):
@@ -487,5 +500,5 @@ class Workspace:
             start[r] = offset
             placed[r] = True
         per_block = ALIGN_BYTES // self.itemsize
-        total = int((start + blocks).max()) * per_block
-        return [int(s) * per_block for s in start], total
+        total = max(int((start + blocks).max()), 0) * per_block
+        return [int(s) * per_block if s >= 0 else -1 for s in start], total

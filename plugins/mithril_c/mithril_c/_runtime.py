@@ -1,9 +1,11 @@
-"""Calls into one compiled model: checks, pointer tables, workspace, result copies."""
+"""Calls into one compiled model: checks, pointer tables, workspace, result arrays."""
 
 from __future__ import annotations
 
+import math
+import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -18,6 +20,79 @@ _ALIGN_BYTES = 64
 class KernelIndexError(IndexRangeError):
     """A kernel of the compiled C met an index out of range (embedding rows,
     cross-entropy classes); nothing was written to the caller's arrays."""
+
+
+class _Recycler:
+    """The arrays calls return, one kind per result. A big one (``smallest`` bytes or
+    more) is written into again by a later call once no caller holds it or a view of
+    it (its reference count says so), instead of a fresh one: a training step's
+    gradients are then written where they are returned, with no copy and no page
+    faults for new memory. At most ``keep`` arrays per result are kept (a caller
+    holding the results of two calls in a row still reuses). Small ones are fresh
+    each call (cheaper than the checks)."""
+
+    def __init__(
+        self,
+        specs: Sequence[tuple[tuple[int, ...], np.dtype]],
+        keep: int = 2,
+        smallest: int = 1 << 16,
+    ) -> None:
+        self.specs = tuple(
+            (shape, dtype, math.prod(shape) * dtype.itemsize >= smallest)
+            for shape, dtype in specs
+        )
+        self.recycles = any(big for _, _, big in self.specs)
+        self.kept: list[list[np.ndarray]] = [[] for _ in self.specs]
+        self.keep = keep
+        self.lock = threading.Lock()
+
+    def take(self) -> list[np.ndarray]:
+        """An array per result, nobody else's until :meth:`give` hands it back."""
+        if not self.recycles:
+            return [np.empty(shape, dtype=dtype) for shape, dtype, _ in self.specs]
+        taken = []
+        with self.lock:
+            for (shape, dtype, big), kept in zip(self.specs, self.kept, strict=True):
+                for i in range(len(kept) if big else 0):
+                    # Referenced by ``kept`` and getrefcount's argument only (and
+                    # as made: a caller may have set its shape or flags in place).
+                    if sys.getrefcount(kept[i]) == 2 and _pristine(
+                        kept[i], shape, dtype
+                    ):
+                        taken.append(kept.pop(i))
+                        break
+                else:
+                    taken.append(np.empty(shape, dtype=dtype))
+        return taken
+
+    def give(self, arrays: Sequence[np.ndarray]) -> None:
+        """Keep the big ones of ``arrays`` (once returned, they are reused when the
+        caller drops them)."""
+        if not self.recycles:
+            return
+        with self.lock:
+            for array, (_, _, big), kept in zip(
+                arrays, self.specs, self.kept, strict=True
+            ):
+                if big and len(kept) < self.keep:
+                    kept.append(array)
+
+
+class _Handout:
+    """Arrays a call wrote into, each handed to the caller once, then copied."""
+
+    __slots__ = ("arrays", "given")
+
+    def __init__(self, arrays: list[np.ndarray]) -> None:
+        self.arrays = arrays
+        self.given = [False] * len(arrays)
+
+    def hand_out(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        array = self.arrays[slot]
+        if self.given[slot]:
+            return np.array(array, copy=True).reshape(shape)
+        self.given[slot] = True
+        return array if array.shape == shape else array.reshape(shape)
 
 
 class _Context:
@@ -36,7 +111,7 @@ class _Context:
         )
         for slot, buffer in enumerate(runtime.keep, start=runtime.first_constant):
             self.io[slot] = buffer
-        self.og = ffi.new("real *[]", max(len(plan.seeds), 1))
+        self.og = ffi.new("real *[]", max(len(plan.seeds) + len(plan.result_shapes), 1))
         self.output_views = [
             (key, runtime.view(self.workspace, where))
             for key, where in plan.outputs.items()
@@ -77,6 +152,8 @@ class Runtime:
             (shape, np.dtype(name), np.dtype(name) == dtype)
             for shape, name in zip(plan.output_shapes, plan.output_dtypes, strict=True)
         )
+        self.produced = _Recycler([(shape, dt) for shape, dt, _ in self.outputs_spec])
+        self.gradients = _Recycler([(shape, dtype) for shape in plan.result_shapes])
         largest = max((int(np.prod(s)) for s in plan.seed_shapes), default=0)
         # Missing output gradients read these zeros; the C never writes to og[].
         self.zeros = np.zeros(max(largest, 1), dtype=dtype)
@@ -133,9 +210,9 @@ class Runtime:
         return (loc.kind, loc.index, shape)
 
     def _bind(
-        self, context: _Context, inputs: Mapping[str, Any]
-    ) -> tuple[list[Any], list[np.ndarray]]:
-        """Check every input, allocate the outputs and point io[] at them. The
+        self, context: _Context, inputs: Mapping[str, Any], outputs: list[np.ndarray]
+    ) -> list[Any]:
+        """Check every input and point io[] at the inputs and ``outputs``. The
         arrays returned must stay alive until the C call returns."""
         alive = []
         io = context.io
@@ -144,13 +221,12 @@ class Runtime:
             array = self._checked(inputs, key, shape, "input", dtype)
             alive.append(array)
             io[slot] = from_buffer("real[]", array) if real else self._pointer(array)
-        outputs = []
         first = self.first_output
-        for slot, (shape, dtype, real) in enumerate(self.outputs_spec, start=first):
-            array = np.empty(shape, dtype=dtype)
-            outputs.append(array)
+        for slot, (array, (_, _, real)) in enumerate(
+            zip(outputs, self.outputs_spec, strict=True), start=first
+        ):
             io[slot] = from_buffer("real[]", array) if real else self._pointer(array)
-        return alive, outputs
+        return alive
 
     def _pointer(self, array: np.ndarray) -> Any:
         """``real *`` to any array's data (the generated code casts it back)."""
@@ -199,41 +275,40 @@ class Runtime:
         self,
         view: Any,
         inputs: list[Any],
-        outputs: list[Any],
-        fresh: list[Any],
+        produced: _Handout,
         seeds: list[Any],
+        written: _Handout | None = None,
     ) -> np.ndarray:
-        if isinstance(view, tuple):
-            kind, slot, shape = view
-            if kind == "out":
-                array = outputs[slot]
-                if array is None:  # a second key for the same value gets a copy
-                    return np.array(fresh[slot], copy=True).reshape(shape)
-                outputs[slot] = None
-                return array.reshape(shape)
-            source = inputs[slot] if kind == "io" else seeds[slot]
-            return np.array(source, copy=True).reshape(shape)
-        return view.copy()
+        """The array returned for one key: arrays the C wrote into (``produced``,
+        ``written``) as they are, once; a copy for a second key of the same value,
+        and for anything read from an input, an output gradient or the workspace."""
+        if not isinstance(view, tuple):
+            return view.copy()
+        kind, slot, shape = view
+        if kind == "out":
+            return produced.hand_out(slot, shape)
+        if kind == "og" and slot >= len(seeds):
+            assert written is not None
+            return written.hand_out(slot - len(seeds), shape)
+        source = inputs[slot] if kind == "io" else seeds[slot]
+        return np.array(source, copy=True).reshape(shape)
 
     def _outputs(
-        self,
-        context: _Context,
-        inputs: list[Any],
-        outputs: list[Any],
-        fresh: list[Any],
+        self, context: _Context, inputs: list[Any], produced: _Handout
     ) -> dict[str, Any]:
         return {
-            k: self._result(v, inputs, outputs, fresh, [])
-            for k, v in context.output_views
+            k: self._result(v, inputs, produced, []) for k, v in context.output_views
         }
 
     def forward(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
         context = self._acquire()
+        produced = self.produced.take()
         try:
-            alive, outputs = self._bind(context, inputs)
+            alive = self._bind(context, inputs, produced)
             self._call(self.lib.mc_forward(context.io, context.ws))
-            return self._outputs(context, alive, outputs, list(outputs))
+            return self._outputs(context, alive, _Handout(produced))
         finally:
+            self.produced.give(produced)
             self._release(context)
 
     def forward_backward(
@@ -247,9 +322,13 @@ class Runtime:
             )
             raise InputKeyError(msg)
         context = self._acquire()
+        produced = self.produced.take()
+        written = self.gradients.take()
         try:
-            alive, produced = self._bind(context, inputs)
-            fresh = list(produced)  # _result hands each out once, then copies
+            alive = self._bind(context, inputs, produced)
+            first = len(self.plan.seeds)
+            for slot, array in enumerate(written, start=first):
+                context.og[slot] = self.ffi.from_buffer("real[]", array)
             seeds: list[Any] = []
             for slot, (key, shape) in enumerate(
                 zip(self.plan.seeds, self.plan.seed_shapes, strict=True)
@@ -265,14 +344,30 @@ class Runtime:
                 seeds.append(array)
             self._call(self.lib.mc_forward_train(context.io, context.ws))
             self._call(self.lib.mc_backward(context.io, context.og, context.ws))
-            outputs = self._outputs(context, alive, produced, fresh)
+            handout = _Handout(produced)
+            outputs = self._outputs(context, alive, handout)
+            returned = _Handout(written)
             grads = {
-                k: None if v is None else self._result(v, alive, produced, fresh, seeds)
+                k: None
+                if v is None
+                else self._result(v, alive, handout, seeds, returned)
                 for k, v in context.grad_views
             }
             return outputs, grads
         finally:
+            self.produced.give(produced)
+            self.gradients.give(written)
             self._release(context)
+
+
+def _pristine(array: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    flags = array.flags
+    return (
+        array.shape == shape
+        and array.dtype == dtype
+        and flags.writeable
+        and flags.c_contiguous
+    )
 
 
 def _fits(array: np.ndarray) -> bool:

@@ -11,8 +11,12 @@ Runtime contract (documented for users):
   evaluate: the C code is generated and built then, once per distinct set of input
   shapes and dtype kinds (each cached). Until then ``pm.code`` says so; afterwards it
   holds the latest specialisation's source (also written to ``file_path``).
-- Outputs and gradients are fresh NumPy arrays (copies out of the workspace the call
-  used). Threads may evaluate one compiled model at once: each concurrent call gets a
+- Outputs and gradients are NumPy arrays no other live result shares: the C writes
+  them where they are returned (values only the workspace holds are copied out). A
+  big one (64 KiB or more) that the caller has dropped, with every view of it, is
+  written into again by a later call instead of new memory (no page faults, no copy
+  of a training step's gradients).
+- Threads may evaluate one compiled model at once: each concurrent call gets a
   workspace of its own (allocated on first need, then reused; a lone caller reuses
   one) and the C runs without the GIL. A model whose workspace keeps state between
   calls (dropout's RNG) has one workspace, and its calls take turns.

@@ -143,3 +143,69 @@ def test_generated_vjp_matches_the_hand_written_one(op: str, monkeypatch: Any) -
         results.append(pm.evaluate(data, output_gradients={"output": seed})[1])
     for key in data:
         np.testing.assert_allclose(results[0][key], results[1][key], rtol=1e-12)
+
+
+def _linear_step(pm: Any, params: dict[str, np.ndarray], x: np.ndarray) -> tuple:
+    seed = np.ones((64, 256))
+    out, grads = pm.evaluate(params, {"input": x}, output_gradients={"output": seed})
+    w, b = params["linear_0_weight"], params["linear_0_bias"]
+    expected = {
+        "output": x @ w.T + b,
+        "linear_0_weight": seed.T @ x,
+        "linear_0_bias": seed.sum(axis=0),
+        "input": seed @ w,
+    }
+    return out, grads, expected
+
+
+def test_gradients_are_written_into_the_arrays_returned() -> None:
+    # No workspace copy per gradient: the backward writes og[] pointers the runtime
+    # points at the arrays it returns; nothing a caller holds is written again.
+    model = Model()
+    model |= mm.Linear(256)(input="input", output=IOKey("output"))
+    shapes = {"input": [64, 128]}  # results of 64 KiB or more are reused
+    pm = ml.compile(model, ml.CBackend(dtype=ml.float64), shapes=shapes)
+    for key in ("linear_0_weight", "linear_0_bias", "input"):
+        assert f"gradient of {key} (returned)" in pm.code
+    params = {
+        "linear_0_weight": RNG.standard_normal((256, 128)),
+        "linear_0_bias": RNG.standard_normal(256),
+    }
+    x1, x2, x3 = (RNG.standard_normal((64, 128)) for _ in range(3))
+    out1, grads1, expected1 = _linear_step(pm, params, x1)
+    kept = {k: v.copy() for k, v in (out1 | grads1).items()}
+    # The first call's results are held: the second call gets other arrays.
+    out2, grads2, expected2 = _linear_step(pm, params, x2)
+    for key, value in (out2 | grads2).items():
+        np.testing.assert_allclose(value, expected2[key], rtol=1e-12)
+        first = out1.get(key, grads1.get(key))
+        assert not np.shares_memory(value, first), key
+        np.testing.assert_array_equal(first, kept[key])
+        np.testing.assert_allclose(first, expected1[key], rtol=1e-12)
+    # A view keeps its array from being written again.
+    row = grads2["linear_0_weight"][0]
+    row_values = row.copy()
+    held = (*out1.values(), *grads1.values(), *out2.values(), *grads2.values())
+    addresses = {v.ctypes.data for v in held}
+    del held, value, first
+    del out1, grads1, out2, grads2
+    out3, grads3, expected3 = _linear_step(pm, params, x3)
+    assert not np.shares_memory(grads3["linear_0_weight"], row)
+    np.testing.assert_array_equal(row, row_values)
+    # Results nobody holds are reused (no fresh memory, no page faults) ...
+    reused = {v.ctypes.data for v in (*out3.values(), *grads3.values())}
+    assert reused & addresses
+    for key, value in (out3 | grads3).items():
+        np.testing.assert_allclose(value, expected3[key], rtol=1e-12)
+    # ... but never one a caller froze or reshaped in place.
+    out3["output"].flags.writeable = False
+    grads3["input"].shape = (128, 64)
+    del out3, grads3, row
+    out4, grads4, expected4 = _linear_step(pm, params, x1)
+    assert out4["output"].flags.writeable
+    assert grads4["input"].shape == (64, 128)
+    np.testing.assert_allclose(out4["output"], expected4["output"], rtol=1e-12)
+    np.testing.assert_allclose(grads4["input"], expected4["input"], rtol=1e-12)
+    inference = pm.evaluate(params, {"input": x2})["output"]
+    np.testing.assert_allclose(inference, expected2["output"], rtol=1e-12)
+    assert not np.shares_memory(inference, out4["output"])
