@@ -262,10 +262,15 @@ void mc_scatter_bytes(void *out, const void *in, int size, int ndim, const long 
  * (1-d: h = kh = oh = 1). ``d`` holds n, c, h, w, f, kh, kw, oh, ow, stride_h,
  * stride_w, pad_top, pad_left, dilation_h, dilation_w, groups, copies; ``col`` is
  * scratch of copies * (c / groups) * kh * kw * oh * ow: up to ``copies`` images run
- * at once, one per thread (one image: its columns and product are split instead). The VJP writes gx and/or gw (NULL: not needed). */
+ * at once, one per thread (one image: its columns and product are split instead).
+ * d[17] > 0: images in chunks of that many, columns side by side (scratch
+ * (c kh kw + f) d[17] oh ow). The VJP writes gx and/or gw (NULL: not needed);
+ * cols_kept: ``col`` still holds what mc_conv2d wrote there for the same x and the
+ * whole batch was one chunk (its columns are not made again). */
 void mc_conv2d(real *y, const real *x, const real *w, const long *d, real *col);
 void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x, const real *w,
-                   const long *d, real *col, int accumulate_x, int accumulate_w);
+                   const long *d, real *col, int accumulate_x, int accumulate_w,
+                   int cols_kept);
 /* Winograd F(4x4, 3x3) convolution (3x3 kernel, stride 1, dilation 1, one group):
  * ``d`` holds n, c, h, w, f, oh, ow, pad_top, pad_left, tiles_h, tiles_w, block_rows
  * (tiles_* = ceil(o* / 4); a block is block_rows rows of tiles_w output tiles, rows

@@ -301,9 +301,10 @@ static void mc_conv2d_chunked(real *y, const real *x, const real *w, const long 
     }
 }
 
+/* cols_kept: the forward left the columns of the whole batch (one chunk) in scratch. */
 static void mc_conv2d_vjp_chunked(real *gx, real *gw, const real *g, const real *x,
                                   const real *w, const long *d, real *scratch,
-                                  int accumulate_x, int accumulate_w) {
+                                  int accumulate_x, int accumulate_w, int cols_kept) {
     long n = d[0], c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];
     long oh = d[7], ow = d[8], k = c * kh * kw, p = oh * ow, nb = d[17];
     real *cols = scratch, *gt = scratch + k * nb * p;
@@ -312,7 +313,7 @@ static void mc_conv2d_vjp_chunked(real *gx, real *gw, const real *g, const real 
         long m = n - b0 < nb ? n - b0 : nb, l = m * p;
         mc_conv_gather(gt, g + b0 * f * p, f, p, m);
         if (gw) {
-            mc_conv_chunk_cols(cols, x, d, b0, m);
+            if (!(cols_kept && m == n)) mc_conv_chunk_cols(cols, x, d, b0, m);
             real beta = (b0 > 0 || accumulate_w) ? 1 : 0;
             mc_gemm(0, 1, f, k, l, gt, l, cols, l, beta, gw, k);
         }
@@ -553,9 +554,10 @@ static void mc_conv_image_vjp_x(real *gx, const real *g, const real *w, const lo
 
 MC_DISPATCH void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x,
                                const real *w, const long *d, real *col,
-                               int accumulate_x, int accumulate_w) {
+                               int accumulate_x, int accumulate_w, int cols_kept) {
     if (d[17] > 0) {
-        mc_conv2d_vjp_chunked(gx, gw, g, x, w, d, col, accumulate_x, accumulate_w);
+        mc_conv2d_vjp_chunked(gx, gw, g, x, w, d, col, accumulate_x, accumulate_w,
+                              cols_kept);
         return;
     }
     long n = d[0], c = d[1], h = d[2], wd = d[3], f = d[4], kh = d[5], kw = d[6];

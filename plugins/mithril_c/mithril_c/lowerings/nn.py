@@ -59,8 +59,10 @@ _CHUNK_PIXELS = 1024
 _CHUNK_VALUES = 1 << 21
 
 
-def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
-    """The ``long`` dims array of mc_conv2d and the size of its column scratch."""
+def _conv(ctx: Emitter, node: Node) -> tuple[str, int, bool]:
+    """The ``long`` dims array of mc_conv2d, the size of its column scratch, and
+    whether the whole batch is one chunk (the columns mc_conv2d leaves in the scratch
+    are then those of every image)."""
     x, w = node.input("input"), node.input("weight")
     stride, padding, dilation, groups = (
         node.input(k).constant for k in ("stride", "padding", "dilation", "groups")
@@ -86,7 +88,7 @@ def _conv(ctx: Emitter, node: Node) -> tuple[str, int]:
         scratch = max(scratch, (k + f) * chunk * pixels)
     dims = (n, c, h, width, f, kh, kw, oh, ow, *stride, pads[0][0], pads[1][0])
     dims += (*dilation, groups, copies, chunk)
-    return ctx.longs(dims), scratch
+    return ctx.longs(dims), scratch, chunk >= n
 
 
 # Winograd F(4x4, 3x3): a block of tiles (whole rows of tiles) has about this many
@@ -139,21 +141,24 @@ def conv(ctx: Emitter, node: Node) -> None:
         v = ctx.temp(node, "wino_v", blocks)
         ctx.line(f"mc_conv2d_winograd({ctx.out(node)}, {x}, {w}, {dims}, {u}, {v});")
         return
-    dims, columns = _conv(ctx, node)
+    dims, columns, _ = _conv(ctx, node)
     x, w = ctx.ptr(node.input("input")), ctx.ptr(node.input("weight"))
     col = ctx.temp(node, "col", columns)
     ctx.line(f"mc_conv2d({ctx.out(node)}, {x}, {w}, {dims}, {col});")
 
 
 def conv_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    dims, columns = _conv(ctx, node)
+    # The training forward ran mc_conv2d (never Winograd) with the same scratch, which
+    # lives until here (a temp of this node): its columns of a one-chunk batch are
+    # the weight gradient's.
+    dims, columns, whole = _conv(ctx, node)
     x, w = ctx.ptr(node.input("input")), ctx.ptr(node.input("weight"))
     col = ctx.temp(node, "col", columns)
     gx, acc_x = ctx.target(node.input("input")) if needs[0] else ("NULL", False)
     gw, acc_w = ctx.target(node.input("weight")) if needs[1] else ("NULL", False)
     ctx.line(
         f"mc_conv2d_vjp({gx}, {gw}, {ctx.gout(node)}, {x}, {w}, {dims}, {col}, "
-        f"{int(acc_x)}, {int(acc_w)});"
+        f"{int(acc_x)}, {int(acc_w)}, {int(whole)});"
     )
 
 
