@@ -206,3 +206,58 @@ def test_the_backend_compiles_for_the_machine_isa(monkeypatch):
     assert _build.isa_flags() == ("-DMC_SINGLE_TARGET",)
     monkeypatch.setattr(_build, "cpu_flags", lambda: None)  # not x86-64 Linux
     assert _build.isa_flags() == ()
+
+
+def _max_pool_reference(x, kernel, stride, padding, dilation):
+    """Max pooling and its VJP's routing in float64: each window scanned row-major,
+    padding skipped; the first maximum wins, a NaN over any number."""
+    n, c, h, w = x.shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    out = np.full((n, c, oh, ow), -np.inf)
+    at = np.full((n, c, oh, ow, 2), -1)
+    for b, ch, oy, ox in np.ndindex(n, c, oh, ow):
+        for i, j in np.ndindex(*kernel):
+            y = oy * stride[0] - padding[0] + i * dilation[0]
+            xx = ox * stride[1] - padding[1] + j * dilation[1]
+            if not (0 <= y < h and 0 <= xx < w):
+                continue
+            v, top = x[b, ch, y, xx], out[b, ch, oy, ox]
+            if at[b, ch, oy, ox, 0] < 0 or v > top or (np.isnan(v) and top == top):
+                out[b, ch, oy, ox] = v
+                at[b, ch, oy, ox] = (y, xx)
+    return out, at
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation"),
+    [((3, 3), (2, 2), (1, 1), (1, 1)), ((2, 3), (1, 2), (1, 1), (2, 1))],
+)
+def test_max_pooling_routes_gradients_to_the_first_maximum(
+    kernel, stride, padding, dilation
+):
+    # Small integers: many ties; a few NaNs, which win their windows.
+    from mithril_core.models import MaxPool2D
+
+    x = RNG.integers(0, 3, (2, 3, 9, 8)).astype(np.float64)
+    x.flat[RNG.choice(x.size, 5, replace=False)] = np.nan
+    model = Model()
+    model |= MaxPool2D(kernel, stride, padding, dilation)(
+        input="input", output=IOKey("output")
+    )
+    pm = ml.compile(model, ml.CBackend(dtype=ml.float64), shapes={"input": x.shape})
+    expected, at = _max_pool_reference(x, kernel, stride, padding, dilation)
+    seed = RNG.standard_normal(expected.shape)
+    out, grads = pm.evaluate({"input": x}, output_gradients={"output": seed})
+    np.testing.assert_array_equal(out["output"], expected)
+    routed = np.zeros_like(x)
+    for b, ch, oy, ox in np.ndindex(*expected.shape):
+        y, xx = at[b, ch, oy, ox]
+        routed[b, ch, y, xx] += seed[b, ch, oy, ox]
+    np.testing.assert_allclose(grads["input"], routed, rtol=1e-12, atol=1e-12)
+    inference = ml.compile(
+        model, ml.CBackend(dtype=ml.float64), shapes={"input": x.shape}, inference=True
+    )
+    np.testing.assert_array_equal(
+        inference.evaluate({}, {"input": x})["output"], expected
+    )

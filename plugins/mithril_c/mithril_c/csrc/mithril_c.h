@@ -281,9 +281,11 @@ void mc_conv2d_winograd(real *y, const real *x, const real *w, const long *d, re
                         real *scratch);
 /* Pooling over [n * c] planes; ``d`` holds planes, h, w, oh, ow, kh, kw, stride_h,
  * stride_w, pad_h, pad_w, dilation_h, dilation_w. Max pooling's gradient goes to the
- * first maximum of each window; average pooling counts padding (count_include_pad). */
-void mc_max_pool2d(real *y, const real *x, const long *d);
-void mc_max_pool2d_vjp(real *gx, const real *g, const real *x, const long *d,
+ * first maximum of each window (NaN first), whose index in its plane mc_max_pool2d
+ * writes to ``at`` (unless NULL; -1 for a window all padding); average pooling counts
+ * padding (count_include_pad). */
+void mc_max_pool2d(real *y, const real *x, const long *d, int32_t *at);
+void mc_max_pool2d_vjp(real *gx, const real *g, const int32_t *at, const long *d,
                        int accumulate);
 void mc_avg_pool2d(real *y, const real *x, const long *d);
 void mc_avg_pool2d_vjp(real *gx, const real *g, const long *d, int accumulate);

@@ -599,57 +599,69 @@ MC_DISPATCH void mc_conv2d_vjp(real *gx, real *gw, const real *g, const real *x,
 
 /* -- pooling ------------------------------------------------------------------------ */
 
-/* d: planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw. The first maximum of the
- * window (row-major; NaN wins), or -1 if the window is all padding. */
-static long mc_window_max(const real *plane, const long *d, long oy, long ox,
-                          real *best) {
-    long h = d[1], w = d[2], kh = d[5], kw = d[6];
-    long at = -1;
-    real top = -INFINITY;
+/* d: planes, h, w, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw. One output row of a plane:
+ * the window's rows (i) and columns (j) in row-major order, each a pass over the
+ * outputs whose element lies inside the plane (padding never wins), so the inner loop
+ * vectorises. A later element wins only if greater, or if it is NaN and the best so
+ * far is not: the first maximum, NaN first. at (may be NULL) gets its index in the
+ * plane, -1 where the whole window is padding (its output is -inf). */
+static inline void mc_max_pool_row(real *out, int32_t *at, const real *plane,
+                                   const long *d, long oy) {
+    long h = d[1], w = d[2], ow = d[4], kh = d[5], kw = d[6], sw = d[8];
+    for (long ox = 0; ox < ow; ++ox) out[ox] = -INFINITY;
+    if (at)
+        for (long ox = 0; ox < ow; ++ox) at[ox] = -1;
     for (long i = 0; i < kh; ++i) {
         long y = oy * d[7] - d[9] + i * d[11];
         if (y < 0 || y >= h) continue;
+        const real *row = plane + y * w;
         for (long j = 0; j < kw; ++j) {
-            long x = ox * d[8] - d[10] + j * d[12];
-            if (x < 0 || x >= w) continue;
-            real v = plane[y * w + x];
-            if (at < 0 || v > top || (v != v && top == top)) {
-                top = v;
-                at = y * w + x;
+            long x0 = j * d[12] - d[10], lo, hi;
+            mc_inside(x0, w, sw, ow, &lo, &hi);
+            const real *src = row + x0;
+            if (!at) {
+#pragma omp simd
+                for (long ox = lo; ox < hi; ++ox) {
+                    real v = src[ox * sw], top = out[ox];
+                    out[ox] = (v > top || (v != v && top == top)) ? v : top;
+                }
+                continue;
+            }
+            int32_t base = (int32_t)(y * w + x0);
+            for (long ox = lo; ox < hi; ++ox) {
+                real v = src[ox * sw], top = out[ox];
+                int take = at[ox] < 0 || v > top || (v != v && top == top);
+                out[ox] = take ? v : top;
+                at[ox] = take ? base + (int32_t)(ox * sw) : at[ox];
             }
         }
     }
-    *best = top;
-    return at;
 }
 
-MC_DISPATCH void mc_max_pool2d(real *y, const real *x, const long *d) {
+/* ``at`` (may be NULL): each output's index of its maximum in its plane (what the
+ * VJP reads; a training forward keeps it). */
+MC_DISPATCH void mc_max_pool2d(real *y, const real *x, const long *d, int32_t *at) {
     long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4];
     int t = mc_team(planes * oh * ow * d[5] * d[6]);
 #pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
-    for (long p = 0; p < planes; ++p) {
-        const real *plane = x + p * h * w;
-        real *out = y + p * oh * ow;
-        for (long oy = 0; oy < oh; ++oy)
-            for (long ox = 0; ox < ow; ++ox) mc_window_max(plane, d, oy, ox, out + oy * ow + ox);
-    }
-}
-
-MC_DISPATCH void mc_max_pool2d_vjp(real *gx, const real *g, const real *x, const long *d,
-                                   int accumulate) {
-    long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4];
-    if (!accumulate) mc_fill(gx, planes * h * w, 0);
-    int t = mc_team(planes * oh * ow * d[5] * d[6]);
-#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
-    for (long p = 0; p < planes; ++p) {
-        const real *plane = x + p * h * w;
+    for (long p = 0; p < planes; ++p)
         for (long oy = 0; oy < oh; ++oy) {
-            for (long ox = 0; ox < ow; ++ox) {
-                real top;
-                long at = mc_window_max(plane, d, oy, ox, &top);
-                if (at >= 0) gx[p * h * w + at] += g[(p * oh + oy) * ow + ox];
-            }
+            long o = (p * oh + oy) * ow;
+            mc_max_pool_row(y + o, at ? at + o : NULL, x + p * h * w, d, oy);
         }
+}
+
+MC_DISPATCH void mc_max_pool2d_vjp(real *gx, const real *g, const int32_t *at,
+                                   const long *d, int accumulate) {
+    long planes = d[0], h = d[1], w = d[2], oh = d[3], ow = d[4];
+    int t = mc_team(planes * (h * w + oh * ow));
+#pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
+    for (long p = 0; p < planes; ++p) {
+        real *plane = gx + p * h * w;
+        if (!accumulate)
+            for (long i = 0; i < h * w; ++i) plane[i] = 0;
+        for (long o = p * oh * ow; o < (p + 1) * oh * ow; ++o)
+            if (at[o] >= 0) plane[at[o]] += g[o];
     }
 }
 

@@ -177,17 +177,27 @@ def _pool(ctx: Emitter, node: Node) -> str:
     return ctx.longs(dims)
 
 
+def _argmax(ctx: Emitter, node: Node) -> str:
+    """Scratch for each output's index of its maximum (the training forward writes
+    it, the VJP reads it)."""
+    h, w = ctx.shape(node.input("input"))[-2:]
+    if h * w >= 2**31:
+        msg = f"{node.path}: backend 'c' pools planes of fewer than 2**31 elements."
+        raise CompileError(msg)
+    return ctx.temp(node, "argmax", ctx.numel(node.output), "int32_t")
+
+
 def max_pool2d(ctx: Emitter, node: Node) -> None:
     x = ctx.ptr(node.input("input"))
-    ctx.line(f"mc_max_pool2d({ctx.out(node)}, {x}, {_pool(ctx, node)});")
+    at = _argmax(ctx, node) if ctx.for_gradients else "NULL"
+    ctx.line(f"mc_max_pool2d({ctx.out(node)}, {x}, {_pool(ctx, node)}, {at});")
 
 
 def max_pool2d_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
-    x = ctx.ptr(node.input("input"))
     pointer, accumulate = ctx.target(node.input("input"))
     ctx.line(
-        f"mc_max_pool2d_vjp({pointer}, {ctx.gout(node)}, {x}, {_pool(ctx, node)}, "
-        f"{int(accumulate)});"
+        f"mc_max_pool2d_vjp({pointer}, {ctx.gout(node)}, {_argmax(ctx, node)}, "
+        f"{_pool(ctx, node)}, {int(accumulate)});"
     )
 
 
