@@ -12,10 +12,12 @@ Cases (float32; random weights, made once by PyTorch and shared through a file):
 Each side of each case runs in a fresh process that imports only its own framework
 (the C side never imports torch): it times the call (best over rounds of the mean of
 several calls), writes its output for the parent to compare, and reports its peak
-resident memory (``ru_maxrss`` at the end of the process: for the C side, compile,
-weights and calls together). Threads: PyTorch's default (``torch.get_num_threads()``)
-and the C backend's default (``CBackend(threads=None)``) unless ``--c-threads`` /
-``--torch-threads`` say otherwise. The machine may be shared: repeat and take the best.
+resident memory (``VmHWM`` of /proc/self/status at the end of the process, where
+Linux has it: ``ru_maxrss`` also counts the parent's memory when it was forked; for
+the C side, compile, weights and calls together). Threads: PyTorch's default
+(``torch.get_num_threads()``) and the C backend's default (``CBackend(threads=None)``)
+unless ``--c-threads`` / ``--torch-threads`` say otherwise. The machine may be shared:
+repeat and take the best.
 
 Each side runs ``--repeat`` times (default 3), alternating with the other side, and
 keeps its best run.
@@ -249,8 +251,19 @@ def run_c(case: str, workdir: Path, quick: bool, threads: int) -> dict[str, Any]
 def child(side: str, case: str, workdir: Path, quick: bool, threads: int) -> None:
     run = run_torch if side == "torch" else run_c
     result = run(case, workdir, quick, threads)
-    result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["maxrss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM (its own address space; Linux's
+    ``ru_maxrss`` keeps the parent's peak across fork and exec), else ru_maxrss."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- parent ----------------------------------------------------------------------------
