@@ -54,6 +54,9 @@ class _Function:
     decls: dict[str, str] = field(default_factory=dict)
     types: dict[str, str] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
+    # Workspace regions holding results computed earlier in this function, by what
+    # they are (see Emitter.computed_temp).
+    computed: dict[Any, int] = field(default_factory=dict)
 
 
 class Emitter(Analysis):
@@ -176,6 +179,32 @@ class Emitter(Analysis):
             self.fn.decls[name] = f"({ctype} *)({where})"
             self.fn.types[name] = ctype
         return name
+
+    def computed_temp(
+        self, node: Node, key: str, numel: int, what: Any
+    ) -> tuple[str, bool]:
+        """``node``'s ``real`` temp ``key`` to hold ``what`` (a hashable description:
+        a statistic of a value over some axes), and whether it holds it already: it
+        is then the region where this function computed ``what`` before (nothing to
+        compute); else it is ``node``'s own, later lowerings of this function find
+        ``what`` there, and the caller computes it. Reads are uses: the region lives
+        as long as they need it."""
+        tkey = (id(node), key)
+        found = self.fn.computed.get(what)
+        if found is not None and tkey not in self.temps:
+            self.temps[tkey] = found
+        name = self.temp(node, key, numel)
+        if found is not None and self.temps[tkey] == found:
+            return name, True
+        self.fn.computed.setdefault(what, self.temps[tkey])
+        return name, False
+
+    def remember_output(self, node: Node, what: Any) -> None:
+        """Later lowerings of this function may read ``what`` from ``node``'s output
+        (when it is in the workspace), through :meth:`computed_temp`."""
+        loc = self.loc.get(id(node.output))
+        if loc is not None and loc.kind == "ws":
+            self.fn.computed.setdefault(what, loc.index)
 
     def state(self, node: Node, key: str, numel: int, ctype: str = "real") -> str:
         """Like :meth:`temp`, but the value persists from one call to the next (an

@@ -110,6 +110,49 @@ def test_batch_norm_training_gradient_matches_float64():
     assert np.abs(grads["input"] - want).max() / np.abs(want).max() < 1e-4
 
 
+def test_batch_norm_training_statistics_are_computed_once():
+    """A training batch norm's mean, its variance (biased, normalising) and the
+    unbiased variance of the running estimate share one mean pass and one pass of
+    squared deviations (there were three and two); each matches float64."""
+    x = (2 + RNG.standard_normal((6, 5, 7, 7))).astype(np.float32)
+    model = Model()
+    model |= BatchNorm2D(5, name="bn")(input="input", output=IOKey("output"))
+    pm = ml.compile(model, ml.CBackend(), shapes={"input": list(x.shape)})
+    forward = pm.code.split("int mc_forward_train(")[1].split("\n}\n")[0]
+    sums = [line for line in forward.splitlines() if "s += " in line]
+    assert len(sums) == 2, sums  # the mean, then the squared deviations
+    params = {
+        "bn_weight": RNG.uniform(0.5, 2, 5).astype(np.float32),
+        "bn_bias": RNG.standard_normal(5).astype(np.float32),
+        "bn_running_mean": RNG.standard_normal(5).astype(np.float32),
+        "bn_running_var": RNG.uniform(0.5, 2, 5).astype(np.float32),
+    }
+    seed = {"output": np.ones(x.shape, np.float32)}
+    out, _ = pm.evaluate(params, {"input": x}, output_gradients=seed)
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    x64 = x.astype(np.float64)
+    mean, biased = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    unbiased = x64.var(axis=(0, 2, 3), ddof=1)
+    c = (slice(None), None, None)
+    y = (x64 - mean[c]) / np.sqrt(biased[c] + 1e-5) * p["bn_weight"][c]
+    np.testing.assert_allclose(out["output"], y + p["bn_bias"][c], rtol=1e-5, atol=1e-5)
+    running = {
+        k.removeprefix("bn_").removesuffix("_updated"): v for k, v in out.items()
+    }
+    np.testing.assert_allclose(
+        running["running_mean"],
+        0.9 * p["bn_running_mean"] + 0.1 * mean,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        running["running_var"],
+        0.9 * p["bn_running_var"] + 0.1 * unbiased,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
 CONVS = [
     # (batch, in, out, size, kernel, stride, padding, dilation)
     (5, 3, 8, 12, 3, 1, 1, 1),

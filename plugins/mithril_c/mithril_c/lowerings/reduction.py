@@ -117,13 +117,26 @@ def sum_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
     _spread(ctx, node, "{g}")
 
 
-@dtypes({0: "any"})
-def mean(ctx: Emitter, node: Node) -> None:
-    out = ctx.out(node)
+def _statistic(ctx: Emitter, node: Node, name: str) -> tuple[Any, ...]:
+    """What a mean or a sum of squares of ``node``'s input over its axes is (for
+    :meth:`Emitter.computed`): variance's mean and batch norm's two variances are
+    computed once per function."""
+    shape = ctx.shape(node.input("input"))
+    return name, id(node.input("input")), _axes(node.input("axis").constant, len(shape))
+
+
+def _mean_into(ctx: Emitter, out: str, node: Node) -> None:
     _sum_into(ctx, out, node.input("input"), node)
     count = _layout(ctx, node)[2]
     numel = ctx.numel(node.output)
     ctx.line(f"for (long i = 0; i < {numel}; ++i) {out}[i] /= (real){count};")
+
+
+@dtypes({0: "any"})
+def mean(ctx: Emitter, node: Node) -> None:
+    _mean_into(ctx, ctx.out(node), node)
+    if ctx.dtype(node.output) == ctx.real_numpy:
+        ctx.remember_output(node, _statistic(ctx, node, "mean"))
 
 
 def mean_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
@@ -202,18 +215,26 @@ def extreme_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 @dtypes({0: "any"})
 def variance(ctx: Emitter, node: Node) -> None:
-    shape, strides, count = _layout(ctx, node)
+    count = _layout(ctx, node)[2]
     numel = ctx.numel(node.output)
-    average = ctx.temp(node, "mean", numel)
-    out = ctx.out(node)
     x = ctx.ptr(node.input("input"))
-    correction = node.input("correction").constant
-    _sum_into(ctx, average, node.input("input"), node)
-    ctx.line(f"for (long i = 0; i < {numel}; ++i) {average}[i] /= (real){count};")
-    _accumulate(ctx, node, out, x, "squares", center=average)
+    # The mean (what the VJP reads too) and the sum of squared deviations, each made
+    # here unless this function computed it already (the same code: the same values).
+    average, done = ctx.computed_temp(
+        node, "mean", numel, _statistic(ctx, node, "mean")
+    )
+    if not done:
+        _mean_into(ctx, average, node)
+    around = ("squares around", ctx.temps[(id(node), "mean")])
+    squares, done = ctx.computed_temp(
+        node, "sum_squares", numel, (*_statistic(ctx, node, "squares"), around)
+    )
+    if not done:
+        _accumulate(ctx, node, squares, x, "squares", center=average)
+    correction = ctx.lit(node.input("correction").constant)
     ctx.line(
         f"for (long i = 0; i < {numel}; ++i) "
-        f"{out}[i] /= (real)({count} - {ctx.lit(correction)});"
+        f"{ctx.out(node)}[i] = {squares}[i] / (real)({count} - {correction});"
     )
 
 
