@@ -169,7 +169,10 @@ static inline void mc_col2im_plane(real *plane, const real *col, long ld, long h
                 if (y < 0 || y >= h) continue;
                 const real *src = row + oy * ow;
                 real *dst = plane + y * w + x0;
-                for (long ox = lo; ox < hi; ++ox) dst[ox * sw] += src[ox];
+                if (sw == 1)
+                    for (long ox = lo; ox < hi; ++ox) dst[ox] += src[ox];
+                else
+                    for (long ox = lo; ox < hi; ++ox) dst[ox * sw] += src[ox];
             }
         }
     }
