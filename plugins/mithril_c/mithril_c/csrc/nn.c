@@ -1,75 +1,75 @@
 /* Softmax and log-softmax along one axis of a [outer, n, inner] array. */
 #include "mithril_c.h"
 
+/* Rows (o, j) of a [outer, n, inner] array are independent: they split over the team.
+ * Sums along a row are in double (a vocabulary of 50,000 is a long float sum). */
+static inline real mc_row_max(const real *xr, long n, long inner) {
+    real top = xr[0];
+    for (long i = 1; i < n; ++i) top = xr[i * inner] > top ? xr[i * inner] : top;
+    return top;
+}
+
 MC_DISPATCH void mc_softmax(real *y, const real *x, long outer, long n, long inner) {
-    /* Rows (o, j) are independent: split over the team. */
     int t = mc_team(outer * n * inner * 4);
 #pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long r = 0; r < outer * inner; ++r) {
-        long o = r / inner, j = r % inner;
-        const real *xr = x + o * n * inner + j;
-        real *yr = y + o * n * inner + j;
-        real top = xr[0];
-        for (long i = 1; i < n; ++i) top = xr[i * inner] > top ? xr[i * inner] : top;
-        real total = 0;
+        long base = r / inner * n * inner + r % inner;
+        const real *xr = x + base;
+        real *yr = y + base;
+        real top = mc_row_max(xr, n, inner);
+        double total = 0;
         for (long i = 0; i < n; ++i) {
             real e = MC_EXP(xr[i * inner] - top);
             yr[i * inner] = e;
             total += e;
         }
-        real scale = 1 / total;
+        real scale = (real)(1 / total);
         for (long i = 0; i < n; ++i) yr[i * inner] *= scale;
     }
 }
 
 MC_DISPATCH void mc_softmax_vjp(real *gx, const real *g, const real *y, long outer, long n,
-                    long inner, int accumulate) {
-    /* Rows (o, j) are independent: split over the team. */
+                                long inner, int accumulate) {
     int t = mc_team(outer * n * inner * 4);
 #pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long r = 0; r < outer * inner; ++r) {
-        long o = r / inner, j = r % inner;
-        long base = o * n * inner + j;
-        real dot = 0;
+        long base = r / inner * n * inner + r % inner;
+        double dot = 0;
         for (long i = 0; i < n; ++i) dot += g[base + i * inner] * y[base + i * inner];
         for (long i = 0; i < n; ++i) {
             long at = base + i * inner;
-            real value = y[at] * (g[at] - dot);
+            real value = y[at] * (g[at] - (real)dot);
             gx[at] = accumulate ? gx[at] + value : value;
         }
     }
 }
 
 MC_DISPATCH void mc_log_softmax(real *y, const real *x, long outer, long n, long inner) {
-    /* Rows (o, j) are independent: split over the team. */
     int t = mc_team(outer * n * inner * 4);
 #pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long r = 0; r < outer * inner; ++r) {
-        long o = r / inner, j = r % inner;
-        const real *xr = x + o * n * inner + j;
-        real *yr = y + o * n * inner + j;
-        real top = xr[0];
-        for (long i = 1; i < n; ++i) top = xr[i * inner] > top ? xr[i * inner] : top;
-        real total = 0;
+        long base = r / inner * n * inner + r % inner;
+        const real *xr = x + base;
+        real *yr = y + base;
+        real top = mc_row_max(xr, n, inner);
+        double total = 0;
         for (long i = 0; i < n; ++i) total += MC_EXP(xr[i * inner] - top);
-        real shift = top + MC_LOG(total);
+        real shift = top + (real)log(total);
         for (long i = 0; i < n; ++i) yr[i * inner] = xr[i * inner] - shift;
     }
 }
 
-MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long outer, long n,
-                        long inner, int accumulate) {
-    /* Rows (o, j) are independent: split over the team. */
+MC_DISPATCH void mc_log_softmax_vjp(real *gx, const real *g, const real *y, long outer,
+                                    long n, long inner, int accumulate) {
     int t = mc_team(outer * n * inner * 4);
 #pragma omp parallel for if (t > 1) num_threads(t) schedule(static)
     for (long r = 0; r < outer * inner; ++r) {
-        long o = r / inner, j = r % inner;
-        long base = o * n * inner + j;
-        real total = 0;
+        long base = r / inner * n * inner + r % inner;
+        double total = 0;
         for (long i = 0; i < n; ++i) total += g[base + i * inner];
         for (long i = 0; i < n; ++i) {
             long at = base + i * inner;
-            real value = g[at] - MC_EXP(y[at]) * total;
+            real value = g[at] - MC_EXP(y[at]) * (real)total;
             gx[at] = accumulate ? gx[at] + value : value;
         }
     }
