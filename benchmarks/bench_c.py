@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _models import mlp  # noqa: E402
+from _timing import best_of  # noqa: E402
 
 import mithril_core as ml  # noqa: E402
 from mithril_core import models as mm  # noqa: E402
@@ -32,16 +32,6 @@ from mithril_core.models import IOKey, Model  # noqa: E402
 
 BATCH, WIDTH = 64, 256
 CHAIN = 1_000_000
-
-
-def best_of(fn: Callable[[], Any], repeat: int = 7, number: int = 20) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - start) / number)
-    return min(times)
 
 
 def chain(length: int = 20) -> Model:

@@ -36,13 +36,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _timing import best_of  # noqa: E402
+
 VOCAB = 50257
 GPT = {
     "gpt2-4x256": {"n_layer": 4, "n_head": 4, "n_embd": 256},
@@ -81,17 +84,6 @@ def _gpt_config(sizes: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def best_of(fn: Callable[[], Any], repeat: int, number: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
-
-
 def _rounds(spec: dict[str, Any], quick: bool) -> tuple[int, int]:
     big = spec["kind"] == "gpt" and spec["gpt"]["n_embd"] == 768
     if quick:
@@ -110,7 +102,6 @@ def make_inputs(case: str, workdir: Path) -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     if spec["kind"] == "resnet":
-        sys.path.insert(0, str(HERE))
         from bench_models_resnet import TorchResNet18
 
         model = TorchResNet18()
@@ -137,7 +128,6 @@ def run_torch(case: str, workdir: Path, quick: bool, threads: int) -> dict[str, 
     weights = dict(np.load(workdir / f"{case}.weights.npz"))
     data = torch.from_numpy(np.load(workdir / f"{case}.input.npy"))
     if spec["kind"] == "resnet":
-        sys.path.insert(0, str(HERE))
         from bench_models_resnet import TorchResNet18
 
         model = TorchResNet18()

@@ -19,22 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _timing import best_of
 
 VOCAB = 50257
-
-
-def best_of(
-    fn: Callable[[], Any], sync: Callable[[Any], None], rounds: int = 5, number: int = 5
-) -> float:
-    sync(fn())
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(number):
-            result = fn()
-        sync(result)
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
 
 
 def main() -> None:
@@ -90,7 +77,10 @@ def main() -> None:
 
     reference = hf_forward().cpu().numpy()
     rows: list[tuple[str, float, float, float]] = []
-    hf_times = (best_of(hf_forward, torch_sync), best_of(hf_backward, torch_sync))
+    hf_times = (
+        best_of(hf_forward, 5, 5, sync=torch_sync),
+        best_of(hf_backward, 5, 5, sync=torch_sync),
+    )
     rows.append(("hf-torch", *hf_times, 0.0))
 
     def mithril(name: str, backend: Any, jit: bool, sync: Callable[[Any], None]):
@@ -113,9 +103,9 @@ def main() -> None:
         got = backend.to_numpy(out)
         diff = np.abs(got - reference).max() / np.abs(reference).max()
         assert diff < 1e-3, f"{name}: relative difference {diff:.2e}"
-        forward = best_of(lambda: pm.evaluate(params, data)["logits"], sync)
+        forward = best_of(lambda: pm.evaluate(params, data)["logits"], 5, 5, sync=sync)
         backward = best_of(
-            lambda: pm.evaluate(params, data, output_gradients=seed)[1], sync
+            lambda: pm.evaluate(params, data, output_gradients=seed)[1], 5, 5, sync=sync
         )
         rows.append((name, forward, backward, compiled))
 

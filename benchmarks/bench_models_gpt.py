@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+from _timing import best_of_each
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import mithril_core as ml
@@ -46,21 +47,6 @@ def build(config):
 def hf_model(config):
     torch.manual_seed(0)
     return GPT2LMHeadModel(GPT2Config(**config)).eval()
-
-
-def best_of(fns, repeat=7, number=20):
-    """Best seconds per call of each of ``fns`` (label -> callable), measured in turns
-    so that every candidate sees the same machine load."""
-    for fn in fns.values():
-        fn()  # warm-up (jit compilation, caches)
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeat):
-        for label, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            best[label] = min(best[label], (time.perf_counter() - start) / number)
-    return best
 
 
 def compile_gpt(config, backend, shape, **options):
@@ -126,7 +112,7 @@ def small_forward():
             return backend.to_numpy(pm.evaluate(params, data)["logits"])
 
         fns[f"mithril {name}{' jit' if jit else ''}"] = forward
-    times = best_of(fns, number=50)
+    times = best_of_each(fns, number=50)
     reference = hf_forward()
     t_hf = times["transformers eager"]
     print(f"{'':<22} {'ms':>8} {'vs transformers':>16} {'max |diff|':>11}")
@@ -157,7 +143,7 @@ def large_forward():
     def ml_forward():
         return backend.to_numpy(pm.evaluate(params, data)["logits"])
 
-    times = best_of(
+    times = best_of_each(
         {"transformers eager": hf_forward, "mithril torch": ml_forward},
         repeat=5,
         number=3,

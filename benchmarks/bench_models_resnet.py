@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import torch
+from _timing import best_of_each
 from torch import nn
 
 import mithril_core as ml
@@ -77,23 +78,6 @@ class TorchResNet18(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def best_of(fns, repeat, number, sync=lambda: None):
-    """Min over ``repeat`` rounds of the mean time of ``number`` calls, per function;
-    rounds interleave the functions so that machine load affects all alike."""
-    for fn in fns.values():
-        fn()
-    sync()
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            sync()
-            times[name].append((time.perf_counter() - start) / number)
-    return {name: min(values) for name, values in times.items()}
-
-
 def compiled(backend, *, inference=True, jit=False):
     return ml.compile(
         resnet18(1000),
@@ -130,7 +114,7 @@ def torch_forward(args):
         label = f"mithril torch, jit={jit}"
         print(f"  ({label}: first call {time.perf_counter() - start:.2f} s)")
         fns[label] = functools.partial(pm.evaluate, params, data)
-    results = best_of(fns, repeat, number, sync)
+    results = best_of_each(fns, repeat, number, sync=lambda _: sync())
     base = results["hand-written torch, eager"]
     for label, seconds in results.items():
         print(f"{label:<28} {seconds * 1e3:8.2f} ms  ratio {seconds / base:.3f}")
@@ -145,7 +129,7 @@ def torch_forward(args):
         ref.zero_grad(set_to_none=True)
         ref(x).backward(grad)
 
-    results = best_of(
+    results = best_of_each(
         {
             "mithril": functools.partial(
                 pm.evaluate, params, data, output_gradients={"output": grad}
@@ -154,7 +138,7 @@ def torch_forward(args):
         },
         repeat,
         number,
-        sync,
+        sync=lambda _: sync(),
     )
     ours, theirs = results["mithril"], results["torch"]
     print(
@@ -175,7 +159,7 @@ def numpy_vs_torch(args):
         pm = compiled(backend)
         params = pm.load_weights(state)
         fns[name] = functools.partial(pm.evaluate, params, {"input": backend.array(x)})
-    times = best_of(fns, repeat, number)
+    times = best_of_each(fns, repeat, number)
     for name, seconds in times.items():
         print(f"mithril {name:<6} {seconds * 1e3:9.2f} ms")
     print(f"numpy / torch ratio {times['numpy'] / times['torch']:.2f}")

@@ -11,24 +11,12 @@ Run: python benchmarks/bench_overhead.py [--backends numpy,c] [--repeat 30]
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
+from _timing import best_of
 
 import mithril_core as ml
 from mithril_core.models import IOKey, Model, Sine
-
-
-def best_of(fn: Callable[[], Any], repeat: int, number: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - start) / number)
-    return best
 
 
 def main() -> None:
