@@ -28,8 +28,9 @@ class _Recycler:
     it (its reference count says so), instead of a fresh one: a training step's
     gradients are then written where they are returned, with no copy and no page
     faults for new memory. At most ``keep`` arrays per result are kept (a caller
-    holding the results of two calls in a row still reuses). Small ones are fresh
-    each call (cheaper than the checks)."""
+    holding the results of two calls in a row still reuses); when all are held, the
+    newest replaces one (results a caller keeps for good leave with the caller).
+    Small ones are fresh each call (cheaper than the checks)."""
 
     def __init__(
         self,
@@ -74,8 +75,15 @@ class _Recycler:
             for array, (_, _, big), kept in zip(
                 arrays, self.specs, self.kept, strict=True
             ):
-                if big and len(kept) < self.keep:
+                if not big:
+                    continue
+                if len(kept) < self.keep:
                     kept.append(array)
+                    continue
+                for i in range(len(kept)):
+                    if sys.getrefcount(kept[i]) > 2:  # a caller holds it
+                        kept[i] = array
+                        break
 
 
 class _Handout:

@@ -209,3 +209,19 @@ def test_gradients_are_written_into_the_arrays_returned() -> None:
     inference = pm.evaluate(params, {"input": x2})["output"]
     np.testing.assert_allclose(inference, expected2["output"], rtol=1e-12)
     assert not np.shares_memory(inference, out4["output"])
+    # Results kept for good (two calls' worth) do not stop a loop from reusing.
+    kept_for_good = [out4, grads4, _linear_step(pm, params, x2)]
+    weights = []
+    for x in (x1, x2, x3, x1):
+        _, grads, expected = _linear_step(pm, params, x)
+        np.testing.assert_allclose(
+            grads["linear_0_weight"], expected["linear_0_weight"], rtol=1e-12
+        )
+        weights.append(grads["linear_0_weight"].ctypes.data)
+        del grads
+    assert len(set(weights[1:])) == 1
+    np.testing.assert_allclose(out4["output"], expected4["output"], rtol=1e-12)
+    np.testing.assert_allclose(grads4["input"], expected4["input"], rtol=1e-12)
+    _, held, held_expected = kept_for_good[2]
+    for key, value in held.items():
+        np.testing.assert_allclose(value, held_expected[key], rtol=1e-12)
