@@ -22,6 +22,18 @@ class KernelIndexError(IndexRangeError):
     cross-entropy classes); nothing was written to the caller's arrays."""
 
 
+def _references(items: list[Any], i: int) -> int:
+    """The reference count of ``items[i]`` as this call sees it (the argument's own
+    reference included, or not, by the interpreter's rules)."""
+    return sys.getrefcount(items[i]) if hasattr(sys, "getrefcount") else -1
+
+
+# What _references says of an object only a list holds, measured through the same
+# code (interpreters differ: 3.14 may not count the argument); -2 where the count is
+# unknown, which makes every array look held (nothing is reused).
+_ALONE = _references([object()], 0) if hasattr(sys, "getrefcount") else -2
+
+
 class _Recycler:
     """The arrays calls return, one kind per result. A big one (``smallest`` bytes or
     more) is written into again by a later call once no caller holds it or a view of
@@ -55,9 +67,9 @@ class _Recycler:
         with self.lock:
             for (shape, dtype, big), kept in zip(self.specs, self.kept, strict=True):
                 for i in range(len(kept) if big else 0):
-                    # Referenced by ``kept`` and getrefcount's argument only (and
-                    # as made: a caller may have set its shape or flags in place).
-                    if sys.getrefcount(kept[i]) == 2 and _pristine(
+                    # Referenced by ``kept`` only (and as made: a caller may have
+                    # set its shape or flags in place).
+                    if _references(kept, i) == _ALONE and _pristine(
                         kept[i], shape, dtype
                     ):
                         taken.append(kept.pop(i))
@@ -81,7 +93,7 @@ class _Recycler:
                     kept.append(array)
                     continue
                 for i in range(len(kept)):
-                    if sys.getrefcount(kept[i]) > 2:  # a caller holds it
+                    if _references(kept, i) != _ALONE:  # a caller holds it
                         kept[i] = array
                         break
 
