@@ -25,13 +25,13 @@ class KernelIndexError(IndexRangeError):
 def _references(items: list[Any], i: int) -> int:
     """The reference count of ``items[i]`` as this call sees it (the argument's own
     reference included, or not, by the interpreter's rules)."""
-    return sys.getrefcount(items[i]) if hasattr(sys, "getrefcount") else -1
+    return sys.getrefcount(items[i])
 
 
 # What _references says of an object only a list holds, measured through the same
-# code (interpreters differ: 3.14 may not count the argument); -2 where the count is
-# unknown, which makes every array look held (nothing is reused).
-_ALONE = _references([object()], 0) if hasattr(sys, "getrefcount") else -2
+# code (interpreters differ: 3.14 may not count the argument); None where there are
+# no reference counts (nothing is then reused).
+_ALONE = _references([object()], 0) if hasattr(sys, "getrefcount") else None
 
 
 class _Recycler:
@@ -54,7 +54,7 @@ class _Recycler:
             (shape, dtype, math.prod(shape) * dtype.itemsize >= smallest)
             for shape, dtype in specs
         )
-        self.recycles = any(big for _, _, big in self.specs)
+        self.recycles = _ALONE is not None and any(big for _, _, big in self.specs)
         self.kept: list[list[np.ndarray]] = [[] for _ in self.specs]
         self.keep = keep
         self.lock = threading.Lock()

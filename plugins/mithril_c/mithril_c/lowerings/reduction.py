@@ -119,8 +119,8 @@ def sum_vjp(ctx: Emitter, node: Node, needs: Needs) -> None:
 
 def _statistic(ctx: Emitter, node: Node, name: str) -> tuple[Any, ...]:
     """What a mean or a sum of squares of ``node``'s input over its axes is (for
-    :meth:`Emitter.computed`): variance's mean and batch norm's two variances are
-    computed once per function."""
+    :meth:`Emitter.computed_temp`): variance's mean and batch norm's two variances
+    are computed once per function (the same code gives the same values)."""
     shape = ctx.shape(node.input("input"))
     return name, id(node.input("input")), _axes(node.input("axis").constant, len(shape))
 
@@ -225,9 +225,8 @@ def variance(ctx: Emitter, node: Node) -> None:
     )
     if not done:
         _mean_into(ctx, average, node)
-    around = ("squares around", ctx.temps[(id(node), "mean")])
     squares, done = ctx.computed_temp(
-        node, "sum_squares", numel, (*_statistic(ctx, node, "squares"), around)
+        node, "sum_squares", numel, _statistic(ctx, node, "squares")
     )
     if not done:
         _accumulate(ctx, node, squares, x, "squares", center=average)
